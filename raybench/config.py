@@ -1,0 +1,250 @@
+"""The sweep file: typed, validated once, expanded into one TrialSpec per grid point.
+
+Everything a trial needs travels in its TrialSpec; nothing downstream re-reads the YAML. Errors
+name the file, the field, the value and what is allowed (``ConfigError``), before Ray starts.
+"""
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+
+SWEEPS_DIR = Path(__file__).resolve().parent.parent / "sweeps"
+DEPTHS = (20, 32, 44, 56)
+ALGORITHMS = ("allreduce",)
+HARDWARE = ("cpu", "gpu")
+UNLIMITED = "unlimited"
+
+# --smoke: what a smoke run shrinks every trial to.
+SMOKE_TRAIN_IMAGES = 512
+SMOKE_TEST_IMAGES = 256
+SMOKE_EPOCHS = 2
+SMOKE_MAX_WORKERS = 2
+
+
+class ConfigError(ValueError):
+    """Bad input: the message names where, what was given and what is allowed."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+
+
+PosInt = Annotated[int, Field(strict=True, ge=1)]
+NonNegFloat = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+
+
+def _listify(v: Any) -> Any:
+    """A scalar in a grid field means a one-point grid."""
+    return v if isinstance(v, list) else [v]
+
+
+def _unique(v: list[Any]) -> list[Any]:
+    dups = sorted({str(x) for x in v if v.count(x) > 1})
+    if dups:
+        raise ValueError(f"{', '.join(dups)} listed more than once; every grid value must be unique")
+    return v
+
+
+def _bandwidth(v: Any) -> Any:
+    if v == UNLIMITED:
+        return v
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0 or v == float("inf"):
+        raise ValueError("allowed: a number of Mbit/s greater than 0, or 'unlimited'")
+    return float(v)
+
+
+class ModelGrid(_Strict):
+    arch: Literal["resnet"] = "resnet"
+    depth: Annotated[list[Literal[20, 32, 44, 56]], Field(min_length=1)] = [20]
+    version: Annotated[list[Literal["v1", "v2"]], Field(min_length=1)] = ["v1"]
+
+    _grid = field_validator("depth", "version", mode="before")(_listify)
+    _uniq = field_validator("depth", "version")(_unique)
+
+
+Bandwidth = Annotated[Union[float, str], BeforeValidator(_bandwidth)]
+
+
+class NetworkGrid(_Strict):
+    bandwidth_mbps: Annotated[list[Bandwidth], Field(min_length=1)] = [UNLIMITED]
+    latency_ms: Annotated[list[NonNegFloat], Field(min_length=1)] = [0.0]
+
+    _grid = field_validator("bandwidth_mbps", "latency_ms", mode="before")(_listify)
+    _uniq = field_validator("bandwidth_mbps", "latency_ms")(_unique)
+
+
+class Schedule(_Strict):
+    """MLBench closed-division SGD schedule; lr scales with the global batch (see schedule.py)."""
+
+    batch_per_worker: PosInt = 128
+    lr_per_256: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 0.1
+    warmup_epochs: Annotated[int, Field(strict=True, ge=0)] = 5
+    milestones: list[PosInt] = [82, 109]
+    gamma: Annotated[float, Field(gt=0, le=1)] = 0.1
+    epochs: PosInt = 164
+    momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
+    nesterov: bool = True
+    weight_decay: NonNegFloat = 1e-4
+
+    @field_validator("milestones")
+    @classmethod
+    def _increasing(cls, v: list[int]) -> list[int]:
+        if any(b <= a for a, b in zip(v, v[1:])):
+            raise ValueError("must be strictly increasing")
+        return v
+
+
+class Goal(_Strict):
+    target_top1: Annotated[float, Field(gt=0, le=1)] = 0.80
+    time_budget_s: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = 7200.0
+    stop_at_target: bool = False
+
+
+class DataSubset(_Strict):
+    """How much of CIFAR-10 a trial uses (None = all of it): for quick runs and tests."""
+
+    train_images: PosInt | None = None
+    test_images: PosInt | None = None
+
+
+class SweepSpec(_Strict):
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100)]
+    model: ModelGrid = ModelGrid()
+    workers: Annotated[list[PosInt], Field(min_length=1)] = [1]
+    hardware: Annotated[list[Literal["cpu", "gpu"]], Field(min_length=1)] = ["cpu"]
+    cpus_per_worker: PosInt = 1
+    network: NetworkGrid = NetworkGrid()
+    algorithm: Annotated[list[Literal["allreduce"]], Field(min_length=1)] = ["allreduce"]
+    schedule: Schedule = Schedule()
+    goal: Goal = Goal()
+    seed: Annotated[list[Annotated[int, Field(strict=True, ge=0)]], Field(min_length=1)] = [0]
+    data: DataSubset = DataSubset()
+
+    _grid = field_validator("workers", "hardware", "algorithm", "seed", mode="before")(_listify)
+    _uniq = field_validator("workers", "hardware", "algorithm", "seed")(_unique)
+
+
+class TrialSpec(_Strict):
+    """One grid point: everything a trial needs, JSON-serialisable (it is the Tune config)."""
+
+    sweep: str
+    trial_id: str
+    arch: str
+    depth: int
+    version: str
+    workers: int
+    hardware: str
+    cpus_per_worker: int
+    bandwidth_mbps: float | None  # None = unlimited
+    latency_ms: float
+    algorithm: str
+    seed: int
+    schedule: Schedule
+    goal: Goal
+    data: DataSubset
+
+    @property
+    def model_name(self) -> str:
+        return f"{self.arch}{self.depth}_{self.version}"
+
+    @property
+    def global_batch(self) -> int:
+        return self.schedule.batch_per_worker * self.workers
+
+
+def _trial_id(depth: int, version: str, workers: int, hardware: str, bw: float | None, lat: float,
+              algorithm: str, seed: int) -> str:
+    bw_s = "inf" if bw is None else f"{bw:g}"
+    return f"resnet{depth}{version}_w{workers}_{hardware}_bw{bw_s}_lat{lat:g}_{algorithm}_s{seed}"
+
+
+def expand(spec: SweepSpec) -> list[TrialSpec]:
+    """The grid: every combination of the list-valued fields is one trial, in a stable order."""
+    trials = []
+    for depth, version, workers, hardware, bw, lat, algorithm, seed in itertools.product(
+        spec.model.depth, spec.model.version, spec.workers, spec.hardware, spec.network.bandwidth_mbps,
+        spec.network.latency_ms, spec.algorithm, spec.seed,
+    ):
+        bw_value = None if bw == UNLIMITED else float(bw)
+        trials.append(TrialSpec(
+            sweep=spec.name, trial_id=_trial_id(depth, version, workers, hardware, bw_value, lat, algorithm, seed),
+            arch=spec.model.arch, depth=depth, version=version, workers=workers, hardware=hardware,
+            cpus_per_worker=spec.cpus_per_worker, bandwidth_mbps=bw_value, latency_ms=float(lat),
+            algorithm=algorithm, seed=seed, schedule=spec.schedule, goal=spec.goal, data=spec.data,
+        ))
+    return trials
+
+
+def smoke(trials: list[TrialSpec]) -> list[TrialSpec]:
+    """--smoke: at most 2 CPU workers, a few hundred images, at most 2 epochs; grid points that
+    collapse onto the same smoke trial are kept once."""
+    out: dict[str, TrialSpec] = {}
+    for t in trials:
+        if t.workers > SMOKE_MAX_WORKERS:
+            continue
+        sched = t.schedule.model_copy(update={
+            "epochs": min(t.schedule.epochs, SMOKE_EPOCHS),
+            "warmup_epochs": min(t.schedule.warmup_epochs, 1),
+            "batch_per_worker": min(t.schedule.batch_per_worker, 64),
+        })
+        data = DataSubset(train_images=min(t.data.train_images or SMOKE_TRAIN_IMAGES, SMOKE_TRAIN_IMAGES),
+                          test_images=min(t.data.test_images or SMOKE_TEST_IMAGES, SMOKE_TEST_IMAGES))
+        trial_id = _trial_id(t.depth, t.version, t.workers, "cpu", t.bandwidth_mbps, t.latency_ms, t.algorithm,
+                             t.seed)
+        out.setdefault(trial_id, t.model_copy(update={
+            "hardware": "cpu", "cpus_per_worker": 1, "schedule": sched, "data": data, "trial_id": trial_id}))
+    return list(out.values())
+
+
+def _describe(err: dict[str, Any]) -> str:
+    loc = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err["loc"]).lstrip(".")
+    given = err.get("input")
+    if err["type"] == "extra_forbidden":
+        return f"field {loc!r}: unknown key (value {given!r}); remove it or fix its spelling"
+    if err["type"] == "missing":
+        return f"field {loc!r}: required but missing"
+    allowed = err["msg"].removeprefix("Value error, ").replace("Input should be", "must be")
+    ctx = err.get("ctx") or {}
+    if "expected" in ctx:
+        allowed = f"allowed: {ctx['expected']}"
+    return f"field {loc!r}: value {given!r} is not allowed ({allowed})"
+
+
+def resolve(name_or_path: str) -> Path:
+    """A sweep name (a file in sweeps/) or a path to a YAML file."""
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml") or p.exists():
+        if not p.is_file():
+            raise ConfigError(f"sweep file {str(p)!r} not found")
+        return p
+    candidate = SWEEPS_DIR / f"{name_or_path}.yaml"
+    if candidate.is_file():
+        return candidate
+    known = sorted(f.stem for f in SWEEPS_DIR.glob("*.yaml"))
+    raise ConfigError(f"sweep {name_or_path!r} not found: give a YAML path or one of {', '.join(known)}")
+
+
+def load(name_or_path: str) -> SweepSpec:
+    """Read and validate a sweep file (safe YAML loader; nothing in it is executed)."""
+    path = resolve(name_or_path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read: {e}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of fields, got {type(raw).__name__}")
+    return parse(raw, source=str(path))
+
+
+def parse(raw: dict[str, Any], source: str = "<sweep>") -> SweepSpec:
+    try:
+        return SweepSpec.model_validate(raw)
+    except ValidationError as e:
+        problems = "; ".join(_describe(err) for err in e.errors(include_url=False))
+        raise ConfigError(f"{source}: {problems}") from None

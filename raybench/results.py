@@ -1,0 +1,141 @@
+"""The result schema (one row per trial and epoch), atomic Parquet writes, and reading a results folder.
+
+Every column name is defined here once; the training loop, the writer, the report and the tests
+use these names. Accuracies are fractions in [0, 1]; times are seconds of wall clock.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+
+import raybench
+
+# name -> (arrow type, meaning). The order is the column order of every file.
+COLUMNS: dict[str, tuple[pa.DataType, str]] = {
+    "sweep": (pa.string(), "sweep name"),
+    "run_id": (pa.string(), "id of the sweep invocation that wrote the row"),
+    "trial_id": (pa.string(), "stable id of the trial (its grid point)"),
+    "model": (pa.string(), "architecture, e.g. resnet20_v1"),
+    "depth": (pa.int32(), "number of layers"),
+    "version": (pa.string(), "v1 or v2"),
+    "algorithm": (pa.string(), "communication algorithm"),
+    "hardware": (pa.string(), "cpu or gpu"),
+    "device_name": (pa.string(), "CPU model or GPU name the worker ran on"),
+    "workers": (pa.int32(), "number of data-parallel workers"),
+    "cpus_per_worker": (pa.int32(), "CPU cores (torch threads) per worker"),
+    "bandwidth_mbps": (pa.float64(), "simulated link bandwidth in Mbit/s; null = unlimited"),
+    "latency_ms": (pa.float64(), "simulated one-way link latency in ms"),
+    "batch_per_worker": (pa.int32(), "images per worker per step"),
+    "global_batch": (pa.int32(), "images per step over all workers"),
+    "lr": (pa.float64(), "learning rate at the last step of the epoch"),
+    "seed": (pa.int64(), "seed of the trial"),
+    "epoch": (pa.int32(), "epoch number, from 1"),
+    "train_seconds": (pa.float64(), "cumulative training time up to the end of this epoch; no evaluation"),
+    "epoch_seconds": (pa.float64(), "training time of this epoch alone (its share of train_seconds)"),
+    "eval_seconds": (pa.float64(), "time spent evaluating on the test set after this epoch"),
+    "compute_seconds": (pa.float64(), "epoch_seconds not spent waiting on communication"),
+    "comm_seconds": (pa.float64(), "time the steps waited for gradient communication, simulated delay included"),
+    "simulated_delay_seconds": (pa.float64(), "part of comm_seconds added by the simulated link"),
+    "images_per_second": (pa.float64(), "training images processed per second of epoch_seconds, all workers"),
+    "train_loss": (pa.float64(), "mean training loss over the epoch"),
+    "train_top1": (pa.float64(), "training top-1 accuracy over the epoch (augmented images)"),
+    "test_loss": (pa.float64(), "mean test loss after the epoch"),
+    "test_top1": (pa.float64(), "test top-1 accuracy after the epoch"),
+    "timestamp": (pa.timestamp("us", tz="UTC"), "when the epoch's row was reported"),
+}
+SCHEMA = pa.schema([pa.field(name, typ) for name, (typ, _) in COLUMNS.items()])
+
+# Key-value metadata keys of every trial file.
+META_CONFIG = b"raybench.config"
+META_STATUS = b"raybench.status"  # "running" while epochs remain, "complete" when the trial ended
+META_DATASET = b"raybench.dataset"  # cifar10-official | cifar10-local
+META_VERSIONS = b"raybench.versions"  # JSON: raybench, torch, ray
+META_GIT = b"raybench.git_commit"
+
+STATUS_RUNNING = "running"
+STATUS_COMPLETE = "complete"
+
+
+def git_commit() -> str | None:
+    """The commit of the raybench checkout in use, when it is a git checkout."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def versions() -> dict[str, str]:
+    import ray
+    import torch
+
+    return {"raybench": raybench.__version__, "torch": torch.__version__, "ray": ray.__version__}
+
+
+def trial_path(sweep_dir: str | os.PathLike, trial_id: str) -> Path:
+    return Path(sweep_dir) / f"{trial_id}.parquet"
+
+
+def to_table(rows: Iterable[Mapping[str, Any]], metadata: Mapping[bytes, str]) -> pa.Table:
+    """Rows (dicts with exactly the schema's columns) as an Arrow table with the file metadata."""
+    rows = list(rows)
+    for i, row in enumerate(rows):
+        missing, extra = set(COLUMNS) - set(row), set(row) - set(COLUMNS)
+        if missing or extra:
+            raise ValueError(f"row {i}: missing columns {sorted(missing)}, unknown columns {sorted(extra)}")
+    table = pa.Table.from_pylist(rows, schema=SCHEMA)
+    return table.replace_schema_metadata({k: v.encode() for k, v in metadata.items()})
+
+
+def write_trial(path: str | os.PathLike, table: pa.Table) -> None:
+    """Write a trial's whole file atomically: a temporary name in the same folder, fsync, rename.
+
+    A reader sees the old file or the new one, never half of one; if the write fails the old file
+    stays as it was and the temporary file is removed.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        pq.write_table(table, tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def read_trial(path: str | os.PathLike) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """A trial file's rows and its metadata (keys and values as text)."""
+    table = pq.read_table(path)
+    meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items() if k.startswith(b"raybench.")}
+    return table.to_pylist(), meta
+
+
+def trial_config(meta: Mapping[str, str]) -> dict[str, Any]:
+    return json.loads(meta[META_CONFIG.decode()])
+
+
+def read_results(path: str | os.PathLike):
+    """Every row of every trial file under ``path`` (a sweep folder or a folder of sweeps) as pandas.
+
+    Same result as ``pd.read_parquet(path)`` on a sweep folder; files and folders whose names start
+    with ``_`` or ``.`` (Ray's run state, temporary files) are not part of the dataset.
+    """
+    dataset = pads.dataset(str(path), format="parquet", schema=SCHEMA, ignore_prefixes=[".", "_"])
+    return dataset.to_table().to_pandas()
