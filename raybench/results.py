@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -79,6 +80,25 @@ def versions() -> dict[str, str]:
     import torch
 
     return {"raybench": raybench.__version__, "torch": torch.__version__, "ray": ray.__version__}
+
+
+ROW_KEY = "raybench_row"  # the epoch row travels through Train and Tune as one JSON string
+PROGRESS_KEYS = ("epoch", "train_seconds", "test_top1")  # also shown flat in Tune's progress table
+
+
+def to_metrics(row: Mapping[str, Any]) -> dict[str, Any]:
+    """An epoch row as the metrics dict ray.train.report sends (Tune adds its own trial_id and
+    timestamp to results, so the row cannot travel as flat keys)."""
+    return {ROW_KEY: json.dumps(dict(row))} | {f"rb_{k}": row[k] for k in PROGRESS_KEYS}
+
+
+def from_metrics(metrics: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The epoch row in a reported result, with its timestamp parsed; None if there is none."""
+    if ROW_KEY not in metrics:
+        return None
+    row = json.loads(metrics[ROW_KEY])
+    row["timestamp"] = datetime.fromisoformat(row["timestamp"])
+    return row
 
 
 def trial_path(sweep_dir: str | os.PathLike, trial_id: str) -> Path:

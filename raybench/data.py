@@ -1,0 +1,172 @@
+"""CIFAR-10 in memory: the official archive (downloaded, md5-checked) or a local copy; shards; augmentation.
+
+Images stay uint8 (N, 3, 32, 32) in memory, on the device that trains; each batch is augmented
+(4-pixel zero pad + random 32x32 crop + horizontal flip) and normalised as one tensor op, so
+loading does not limit a step (``bench/overhead.py`` measures it).
+"""
+from __future__ import annotations
+
+import os
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+BATCHES = "cifar-10-batches-py"
+TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
+TEST_FILES = ("test_batch",)
+IMAGES_PER_FILE = 10_000
+MEAN = (0.4914, 0.4822, 0.4465)
+STD = (0.2470, 0.2435, 0.2616)
+DEFAULT_CACHE = Path.home() / ".cache" / "raybench"
+ENV_VAR = "RAYBENCH_DATA"
+
+DATASET_OFFICIAL = "cifar10-official"
+DATASET_LOCAL = "cifar10-local"
+
+
+class DataError(ValueError):
+    """The dataset is missing or malformed: the message says which file and what is wrong."""
+
+
+@dataclass(frozen=True)
+class Cifar10:
+    train_x: torch.Tensor  # uint8 (N, 3, 32, 32)
+    train_y: torch.Tensor  # int64 (N,)
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    source: str  # DATASET_OFFICIAL or DATASET_LOCAL
+
+    def subset(self, train_images: int | None, test_images: int | None) -> "Cifar10":
+        """The first images of each split (the files are already in random order)."""
+        return Cifar10(self.train_x[:train_images], self.train_y[:train_images],
+                       self.test_x[:test_images], self.test_y[:test_images], self.source)
+
+    def to(self, device: torch.device) -> "Cifar10":
+        return Cifar10(self.train_x.to(device), self.train_y.to(device), self.test_x.to(device),
+                       self.test_y.to(device), self.source)
+
+
+class _ArraysOnly(pickle.Unpickler):
+    """Unpickles CIFAR batch files but refuses any global other than numpy's array rebuilders,
+    so a crafted data file cannot run code."""
+
+    _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+                ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
+                ("numpy._core.multiarray", "scalar"), ("_codecs", "encode")}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"global {module}.{name} is not allowed in a CIFAR-10 batch file")
+
+
+def _read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    if not path.is_file():
+        raise DataError(f"{path}: missing (a CIFAR-10 python batch file is expected here)")
+    try:
+        with open(path, "rb") as f:
+            entry = _ArraysOnly(f, encoding="latin1").load()
+    except Exception as e:  # truncated or not a pickle at all
+        raise DataError(f"{path}: not a readable CIFAR-10 batch file ({type(e).__name__}: {e})") from None
+    if not isinstance(entry, dict) or "data" not in entry or "labels" not in entry:
+        raise DataError(f"{path}: expected a dict with 'data' and 'labels'")
+    data, labels = np.asarray(entry["data"]), np.asarray(entry["labels"])
+    if data.dtype != np.uint8 or data.shape != (IMAGES_PER_FILE, 3072):
+        raise DataError(f"{path}: 'data' is {data.dtype} {data.shape}; allowed: uint8 ({IMAGES_PER_FILE}, 3072)")
+    if labels.shape != (IMAGES_PER_FILE,) or labels.min() < 0 or labels.max() > 9:
+        raise DataError(f"{path}: 'labels' must be {IMAGES_PER_FILE} integers in 0..9, got shape {labels.shape}"
+                        f" and range {labels.min()}..{labels.max()}")
+    return data.reshape(-1, 3, 32, 32), labels.astype(np.int64)
+
+
+def _read_split(folder: Path, files: tuple[str, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    parts = [_read_batch(folder / name) for name in files]
+    x = torch.from_numpy(np.concatenate([p[0] for p in parts]))
+    y = torch.from_numpy(np.concatenate([p[1] for p in parts]))
+    return x, y
+
+
+def data_root(data: str | os.PathLike | None) -> tuple[Path, bool]:
+    """The folder holding cifar-10-batches-py/, and whether it is a local copy (no md5 check)."""
+    if data is None:
+        data = os.environ.get(ENV_VAR) or None
+    if data is None:
+        return DEFAULT_CACHE, False
+    return Path(data).expanduser().resolve(), True
+
+
+def check_local(root: Path) -> None:
+    """Fail early, naming the path, when a local copy is not there (cheap: no file is read)."""
+    folder = root / BATCHES
+    if not root.is_dir():
+        raise DataError(f"--data {root}: no such folder; it must hold {BATCHES}/")
+    missing = [n for n in TRAIN_FILES + TEST_FILES if not (folder / n).is_file()]
+    if missing:
+        raise DataError(f"--data {root}: {BATCHES}/ lacks {', '.join(missing)}")
+
+
+def download_official(root: Path = DEFAULT_CACHE) -> None:
+    """The official python archive through torchvision, which checks its md5 sums."""
+    from torchvision.datasets import CIFAR10
+
+    root.mkdir(parents=True, exist_ok=True)
+    try:
+        CIFAR10(str(root), train=True, download=True)
+    except RuntimeError as e:  # torchvision: "File not found or corrupted." on a bad md5
+        raise DataError(f"CIFAR-10 download into {root} failed its md5 check: {e}") from None
+    except OSError as e:
+        raise DataError(f"CIFAR-10 could not be downloaded into {root} ({e}); with no network, pass "
+                        f"--data DIR (or set {ENV_VAR}) to a folder holding {BATCHES}/") from None
+
+
+def load(data: str | os.PathLike | None = None) -> Cifar10:
+    """CIFAR-10 from ``--data``/``RAYBENCH_DATA`` (checked for files, shapes and labels, not md5)
+    or else the official download into ~/.cache/raybench (md5-checked by torchvision)."""
+    root, local = data_root(data)
+    if local:
+        check_local(root)
+    else:
+        download_official(root)
+    folder = root / BATCHES
+    train_x, train_y = _read_split(folder, TRAIN_FILES)
+    test_x, test_y = _read_split(folder, TEST_FILES)
+    return Cifar10(train_x, train_y, test_x, test_y, DATASET_LOCAL if local else DATASET_OFFICIAL)
+
+
+def shard_indices(n: int, rank: int, world: int, seed: int, epoch: int) -> torch.Tensor:
+    """This rank's disjoint share of a fresh permutation of range(n) for this epoch.
+
+    Every rank draws the same permutation (seeded by seed and epoch) and takes every world-th
+    index; the tail that would leave ranks unequal is dropped, so all ranks take the same number
+    of steps, as DDP requires.
+    """
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    perm = torch.randperm(n, generator=g)
+    per_rank = n // world
+    return perm[rank: per_rank * world: world]
+
+
+def augment(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Random crop of the 4-pixel zero-padded image and random horizontal flip, for a uint8 batch."""
+    b = x.shape[0]
+    padded = torch.nn.functional.pad(x, (4, 4, 4, 4))
+    dev = x.device
+    dy = torch.randint(0, 9, (b,), generator=generator).to(dev)
+    dx = torch.randint(0, 9, (b,), generator=generator).to(dev)
+    flip = (torch.rand(b, generator=generator) < 0.5).to(dev)
+    ar = torch.arange(32, device=dev)
+    rows = (dy[:, None] + ar)[:, None, :, None]
+    cols = dx[:, None] + ar
+    cols = torch.where(flip[:, None], cols.flip(1), cols)[:, None, None, :]
+    return padded[torch.arange(b, device=dev)[:, None, None, None], torch.arange(3, device=dev)[None, :, None, None],
+                  rows, cols]
+
+
+def normalize(x: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """uint8 images to float, standardised with the CIFAR-10 mean and std."""
+    mean = torch.tensor(MEAN, device=x.device, dtype=dtype).view(1, 3, 1, 1) * 255
+    std = torch.tensor(STD, device=x.device, dtype=dtype).view(1, 3, 1, 1) * 255
+    return (x.to(dtype) - mean) / std

@@ -1,0 +1,177 @@
+"""The link model (pure functions) and the DDP communication hook that measures and applies it.
+
+A link is (bandwidth, latency). One ring all-reduce of n bytes over p workers takes
+2(p-1)*latency + 2(p-1)/p * n / bandwidth (Thakur et al., 2005). The hook runs the real
+collective (a hook from torch.distributed.algorithms.ddp_comm_hooks), then holds its result until
+the modelled time has passed. Buckets queue on the link one after another, as on a wire; the hold
+happens on a separate "wire" thread, so DDP keeps overlapping communication with the backward pass.
+"""
+import heapq
+import itertools
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.distributed as dist
+from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+
+
+@dataclass(frozen=True)
+class Link:
+    """A simulated link: bandwidth in Mbit/s (None = unlimited) and one-way latency in ms."""
+
+    bandwidth_mbps: float | None = None
+    latency_ms: float = 0.0
+
+    @property
+    def unlimited(self) -> bool:
+        return self.bandwidth_mbps is None and self.latency_ms == 0
+
+
+def allreduce_seconds(nbytes: float, workers: int, link: Link) -> float:
+    """Modelled time of one ring all-reduce of ``nbytes`` over ``workers`` on ``link``."""
+    if workers < 1 or nbytes < 0:
+        raise ValueError(f"need workers >= 1 and nbytes >= 0, got {workers}, {nbytes}")
+    if workers == 1:
+        return 0.0
+    seconds = 2 * (workers - 1) * link.latency_ms / 1e3
+    if link.bandwidth_mbps is not None:
+        seconds += 2 * (workers - 1) / workers * nbytes * 8 / (link.bandwidth_mbps * 1e6)
+    return seconds
+
+
+@dataclass
+class CommStats:
+    """Per-epoch communication totals, as the steps saw them."""
+
+    comm_seconds: float = 0.0  # wait after the last bucket was ready until all were done
+    simulated_delay_seconds: float = 0.0  # part of that wait added by the simulated link
+    wire_bytes: int = 0  # bytes handed to the (simulated) wire
+    steps: int = 0
+
+
+class _Wire(threading.Thread):
+    """Completes held futures at their modelled times, in deadline order, off the backward thread."""
+
+    def __init__(self) -> None:
+        super().__init__(name="raybench-wire", daemon=True)
+        self._cv = threading.Condition()
+        self._heap: list = []
+        self._seq = itertools.count()
+
+    def hold(self, deadline: float, real: torch.futures.Future, out: torch.futures.Future,
+             on_release: Callable[[float], None]) -> None:
+        with self._cv:
+            heapq.heappush(self._heap, (deadline, next(self._seq), real, out, on_release))
+            self._cv.notify()
+
+    def run(self) -> None:
+        while True:
+            with self._cv:
+                while not self._heap:
+                    self._cv.wait()
+                deadline, _, real, out, on_release = self._heap[0]
+                wait = deadline - time.perf_counter()
+                if wait > 0:
+                    self._cv.wait(wait)  # a new, earlier deadline may arrive meanwhile
+                    continue
+                heapq.heappop(self._heap)
+            try:
+                value = real.value()
+            except Exception as e:  # the real collective failed: pass its error on
+                out.set_exception(e)
+                continue
+            on_release(time.perf_counter())
+            out.set_result(value)
+
+
+InnerHook = Callable[[object, dist.GradBucket], torch.futures.Future]
+
+
+class LinkHook:
+    """State of the communication hook: the inner hook (the real collective), the link, the timers.
+
+    Register with ``ddp.register_comm_hook(state, link_hook)``. ``end_step()`` after each
+    backward closes the step's timing; ``take_stats()`` returns and resets the epoch's totals.
+    """
+
+    def __init__(self, link: Link, workers: int, inner: InnerHook = default_hooks.allreduce_hook,
+                 inner_state: object = None, wire_bytes: Callable[[dist.GradBucket], int] | None = None,
+                 device: torch.device | None = None) -> None:
+        self.link, self.workers = link, workers
+        self.inner, self.inner_state = inner, inner_state
+        self.wire_bytes = wire_bytes or (lambda bucket: bucket.buffer().numel() * bucket.buffer().element_size())
+        self.devices = [device] if device is not None and device.type == "cuda" else None
+        self._lock = threading.Lock()
+        self._wire_free_at = 0.0
+        self._wire: _Wire | None = None
+        self._ready: list[float] = []  # per bucket of this step: when DDP handed it over
+        self._real_done: list[float] = []  # when its real collective finished
+        self._done: list[float] = []  # when its result was released to DDP
+        self._stats = CommStats()
+
+    def modelled_seconds(self, nbytes: int) -> float:
+        return allreduce_seconds(nbytes, self.workers, self.link)
+
+    def __call__(self, bucket: dist.GradBucket) -> torch.futures.Future:
+        ready = time.perf_counter()
+        nbytes = self.wire_bytes(bucket)
+        modelled = self.modelled_seconds(nbytes)
+        with self._lock:
+            self._ready.append(ready)
+            self._stats.wire_bytes += nbytes
+            deadline = max(self._wire_free_at, ready) + modelled
+            self._wire_free_at = deadline
+        real = self.inner(self.inner_state, bucket)
+        if modelled == 0.0:
+            def record(fut: torch.futures.Future):
+                t = time.perf_counter()
+                with self._lock:
+                    self._real_done.append(t)
+                    self._done.append(t)
+                return fut.value()
+            return real.then(record)
+
+        out = torch.futures.Future(devices=self.devices)
+
+        def real_finished(_fut: torch.futures.Future) -> None:
+            with self._lock:
+                self._real_done.append(time.perf_counter())
+            self._ensure_wire().hold(deadline, real, out, self._released)
+
+        real.add_done_callback(real_finished)
+        return out
+
+    def _released(self, t: float) -> None:
+        with self._lock:
+            self._done.append(t)
+
+    def _ensure_wire(self) -> _Wire:
+        with self._lock:
+            if self._wire is None:
+                self._wire = _Wire()
+                self._wire.start()
+            return self._wire
+
+    def end_step(self) -> None:
+        """Close one step's timing; call after backward() returned (all buckets are done then)."""
+        with self._lock:
+            if self._ready:
+                last_ready = max(self._ready)
+                done, real_done = max(self._done), max(self._real_done)
+                self._stats.comm_seconds += max(0.0, done - last_ready)
+                self._stats.simulated_delay_seconds += max(0.0, done - max(real_done, last_ready))
+                self._stats.steps += 1
+            self._ready.clear(); self._real_done.clear(); self._done.clear()
+
+    def take_stats(self) -> CommStats:
+        with self._lock:
+            stats, self._stats = self._stats, CommStats()
+        return stats
+
+
+def link_hook(state: LinkHook, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
+    """The function DDP calls for each bucket (a module-level function, as register_comm_hook wants)."""
+    return state(bucket)
