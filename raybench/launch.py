@@ -118,14 +118,21 @@ def run_sweep(trials: list[TrialSpec], sweep_dir: Path, data: str | None, datase
     return tuner.fit()
 
 
-def init_ray(address: str | None, num_cpus: int | None = None) -> None:
-    """Join ``address`` or start a local Ray in-process, its dashboard and ports on 127.0.0.1."""
+def init_ray(address: str | None, num_cpus: int | None = None) -> bool:
+    """Join ``address`` or start a local Ray in-process, its dashboard and ports on 127.0.0.1.
+
+    Returns whether this call started (and so should shut down) the Ray session; an already
+    initialised session (a notebook, a test module) is used as it is.
+    """
+    if ray.is_initialized():
+        return False
     runtime_env = {"env_vars": JOB_ENV}
     if address:
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
     else:
         ray.init(num_cpus=num_cpus, runtime_env=runtime_env, dashboard_host="127.0.0.1",
                  _node_ip_address="127.0.0.1", include_dashboard=None)
+    return True
 
 
 def cluster_capacity() -> dict[str, float]:

@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
 
     sweep_dir = Path(args.results) / spec.name
     run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:6]
-    launch.init_ray(args.address)
+    started = launch.init_ray(args.address)
     try:
         if args.address:
             check_fits(trials, launch.cluster_capacity(), f"the cluster at {args.address}")
@@ -106,9 +106,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     finally:
-        import ray
+        if started:
+            import ray
 
-        ray.shutdown()
+            ray.shutdown()
     failed = [r for r in grid if r.error]
     print(f"results: {sweep_dir}/ ({len(trials) - len(failed)} of {len(trials)} trial(s) finished)")
     for r in failed:

@@ -1,0 +1,89 @@
+"""Sweep files: validation with messages that name file, field, value and what is allowed; grid expansion."""
+import pytest
+
+from raybench import config as cfg
+from raybench.config import ConfigError
+
+
+def err(raw, source="s.yaml") -> str:
+    with pytest.raises(ConfigError) as e:
+        cfg.parse(raw, source)
+    return str(e.value)
+
+
+@pytest.mark.parametrize("raw, field, value, allowed", [
+    ({"name": "x", "workers": [0]}, "workers[0]", "0", "greater than or equal to 1"),
+    ({"name": "x", "model": {"depth": [18]}}, "model.depth[0]", "18", "20, 32, 44 or 56"),
+    ({"name": "x", "model": {"version": ["v3"]}}, "model.version[0]", "'v3'", "'v1' or 'v2'"),
+    ({"name": "x", "wrkers": [1]}, "wrkers", "[1]", "unknown key"),
+    ({"name": "x", "schedule": {"lr": 0.1}}, "schedule.lr", "0.1", "unknown key"),
+    ({"name": "x", "workers": ["two"]}, "workers[0]", "'two'", "integer"),
+    ({"name": "x", "hardware": ["tpu"]}, "hardware[0]", "'tpu'", "'cpu' or 'gpu'"),
+    ({"name": "x", "network": {"bandwidth_mbps": [-5]}}, "network.bandwidth_mbps[0]", "-5", "'unlimited'"),
+    ({"name": "x", "network": {"bandwidth_mbps": [0]}}, "network.bandwidth_mbps[0]", "0", "greater than 0"),
+    ({"name": "x", "network": {"bandwidth_mbps": ["fast"]}}, "network.bandwidth_mbps[0]", "'fast'", "'unlimited'"),
+    ({"name": "x", "network": {"latency_ms": [-1]}}, "network.latency_ms[0]", "-1", "greater than or equal to 0"),
+    ({"name": "x", "workers": []}, "workers", "[]", "at least 1"),
+    ({"name": "x", "workers": [2, 2]}, "workers", "[2, 2]", "more than once"),
+    ({"name": "x", "schedule": {"milestones": [10, 5]}}, "schedule.milestones", "[10, 5]", "increasing"),
+    ({"name": "x", "schedule": {"epochs": 0}}, "schedule.epochs", "0", "greater than or equal to 1"),
+    ({"name": "x", "goal": {"target_top1": 80}}, "goal.target_top1", "80", "less than or equal to 1"),
+    ({"name": "x", "cpus_per_worker": 1.5}, "cpus_per_worker", "1.5", "integer"),
+    ({"name": "x", "algorithm": ["gossip"]}, "algorithm[0]", "'gossip'", "allreduce"),
+    ({"workers": [1]}, "name", "", "missing"),
+])
+def test_bad_field_names_field_value_and_allowed(raw, field, value, allowed):
+    msg = err(raw)
+    assert msg.startswith("s.yaml: ")
+    assert f"'{field}'" in msg
+    assert value in msg
+    assert allowed in msg
+
+
+def test_scalars_are_one_point_grids_and_expansion_is_the_product():
+    spec = cfg.parse({"name": "g", "workers": [1, 2], "seed": 3, "model": {"depth": [20, 56], "version": "v2"},
+                      "network": {"bandwidth_mbps": ["unlimited", 100], "latency_ms": [0, 5]}})
+    trials = cfg.expand(spec)
+    assert len(trials) == 2 * 2 * 2 * 2
+    assert len({t.trial_id for t in trials}) == len(trials)
+    t = trials[0]
+    assert (t.depth, t.version, t.workers, t.bandwidth_mbps, t.latency_ms, t.seed) == (20, "v2", 1, None, 0.0, 3)
+    assert {t.bandwidth_mbps for t in trials} == {None, 100.0}
+    assert trials[-1].global_batch == 2 * 128
+
+
+def test_smoke_keeps_at_most_two_cpu_workers_and_shrinks():
+    spec = cfg.load("scalability")
+    trials = cfg.smoke(cfg.expand(spec))
+    assert [t.workers for t in trials] == [1, 2]
+    for t in trials:
+        assert t.hardware == "cpu" and t.schedule.epochs <= 2
+        assert t.data.train_images <= 512 and t.data.test_images <= 512
+
+
+def test_shipped_sweeps_are_valid():
+    for name in ("scalability", "quickstart"):
+        assert cfg.expand(cfg.load(name))
+
+
+def test_scalability_is_mlbench_closed_division_resnet20():
+    spec = cfg.load("scalability")
+    assert spec.workers == [1, 2, 4, 8] and spec.model.depth == [20] and spec.model.version == ["v1"]
+    s = spec.schedule
+    assert (s.batch_per_worker, s.lr_per_256, s.warmup_epochs, s.milestones, s.gamma, s.epochs) == \
+        (128, 0.1, 5, [82, 109], 0.1, 164)
+    assert (s.momentum, s.nesterov, s.weight_decay) == (0.9, True, 1e-4)
+    assert spec.goal.target_top1 == 0.80
+
+
+def test_unknown_sweep_name_lists_the_known_ones():
+    with pytest.raises(ConfigError, match="quickstart"):
+        cfg.resolve("no-such-sweep")
+
+
+def test_yaml_is_loaded_safely(tmp_path):
+    p = tmp_path / "evil.yaml"
+    p.write_text("name: !!python/object/apply:os.system ['touch pwned']\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        cfg.load(str(p))
+    assert not (tmp_path / "pwned").exists()

@@ -1,0 +1,92 @@
+"""The Parquet schema, atomic trial files, and reading a results folder."""
+import json
+import os
+from datetime import datetime, timezone
+
+import pandas as pd
+import pytest
+
+from raybench import results
+
+
+def row(epoch: int, trial: str = "t1", **over):
+    r = {name: None for name in results.COLUMNS}
+    r.update(sweep="s", run_id="r", trial_id=trial, model="resnet20_v1", depth=20, version="v1",
+             algorithm="allreduce", hardware="cpu", device_name="cpu", workers=1, cpus_per_worker=1,
+             bandwidth_mbps=None, latency_ms=0.0, batch_per_worker=128, global_batch=128, lr=0.1, seed=0,
+             epoch=epoch, train_seconds=10.0 * epoch, epoch_seconds=10.0, eval_seconds=1.0, compute_seconds=9.0,
+             comm_seconds=1.0, simulated_delay_seconds=0.0, images_per_second=100.0, train_loss=1.0,
+             train_top1=0.5, test_loss=1.0, test_top1=0.5, timestamp=datetime.now(timezone.utc))
+    r.update(over)
+    return r
+
+
+META = {results.META_CONFIG: json.dumps({"trial_id": "t1"}), results.META_STATUS: results.STATUS_COMPLETE,
+        results.META_DATASET: "cifar10-local", results.META_VERSIONS: "{}", results.META_GIT: ""}
+
+
+def test_round_trip_keeps_columns_types_and_metadata(tmp_path):
+    path = results.trial_path(tmp_path, "t1")
+    results.write_trial(path, results.to_table([row(1), row(2)], META))
+    rows, meta = results.read_trial(path)
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert rows[0]["bandwidth_mbps"] is None
+    assert meta["raybench.status"] == "complete" and json.loads(meta["raybench.config"]) == {"trial_id": "t1"}
+    df = pd.read_parquet(tmp_path)
+    assert list(df.columns) == list(results.COLUMNS)
+    assert str(df["timestamp"].dtype).startswith("datetime64")
+
+
+def test_rows_must_have_exactly_the_schema_columns():
+    bad = row(1)
+    del bad["lr"]
+    bad["extra"] = 1
+    with pytest.raises(ValueError, match="missing columns \\['lr'\\], unknown columns \\['extra'\\]"):
+        results.to_table([bad], META)
+
+
+def test_rewrite_is_atomic_and_leaves_no_temporary_files(tmp_path):
+    path = results.trial_path(tmp_path, "t1")
+    results.write_trial(path, results.to_table([row(1)], META))
+    results.write_trial(path, results.to_table([row(1), row(2)], META))
+    assert sorted(os.listdir(tmp_path)) == ["t1.parquet"]
+    assert len(pd.read_parquet(path)) == 2
+
+
+def test_failed_write_keeps_the_earlier_file(tmp_path):
+    path = results.trial_path(tmp_path, "t1")
+    results.write_trial(path, results.to_table([row(1)], META))
+    before = path.read_bytes()
+    os.chmod(tmp_path, 0o500)  # the folder refuses new files: the temporary file cannot be created
+    try:
+        if os.access(tmp_path, os.W_OK):  # root ignores modes; use a real unwritable target instead
+            os.chmod(tmp_path, 0o700)
+            (tmp_path / ".t1.parquet.{}.tmp".format(os.getpid())).mkdir()  # the temp name is taken by a folder
+        with pytest.raises(OSError):
+            results.write_trial(path, results.to_table([row(1), row(2)], META))
+    finally:
+        os.chmod(tmp_path, 0o700)
+    assert path.read_bytes() == before
+    assert len(pd.read_parquet(path)) == 1
+
+
+def test_read_results_skips_ray_state_and_temporary_files(tmp_path):
+    results.write_trial(results.trial_path(tmp_path, "t1"), results.to_table([row(1), row(2)], META))
+    results.write_trial(results.trial_path(tmp_path, "t2"), results.to_table([row(1, "t2")], META))
+    (tmp_path / "_ray" / "x").mkdir(parents=True)
+    (tmp_path / "_ray" / "x" / "junk.parquet").write_bytes(b"not parquet")
+    (tmp_path / ".t3.parquet.1.tmp").write_bytes(b"half a file")
+    df = results.read_results(tmp_path)
+    assert len(df) == 3 and set(df["trial_id"]) == {"t1", "t2"}
+    assert len(pd.read_parquet(tmp_path)) == 3  # what users type gives the same rows
+
+
+def test_metrics_round_trip_through_one_json_field():
+    r = row(3, bandwidth_mbps=100.0)
+    r["timestamp"] = r["timestamp"].isoformat()
+    metrics = results.to_metrics(r)
+    assert metrics["rb_epoch"] == 3
+    back = results.from_metrics(metrics | {"trial_id": "tune-id", "timestamp": 123})
+    assert back["trial_id"] == "t1" and back["bandwidth_mbps"] == 100.0
+    assert isinstance(back["timestamp"], datetime)
+    assert results.from_metrics({"other": 1}) is None
