@@ -1,0 +1,61 @@
+"""The README's commands, run as a user runs them."""
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from conftest import ROOT, write_sweep
+
+README = (ROOT / "README.md").read_text()
+
+
+def quick_start() -> list[str]:
+    section = README.split("## Quick start", 1)[1]
+    block = re.search(r"```bash\n(.*?)```", section, re.S).group(1)
+    return [line for line in block.splitlines() if line.strip()]
+
+
+def test_quick_start_is_install_and_run_then_pytest():
+    first, second = quick_start()
+    assert "pip install -e \".[test]\"" in first
+    assert first.endswith("python -m raybench.sweep quickstart")
+    assert second == "pytest"
+    assert re.search(r"^pytest$", (ROOT / ".ci" / "run").read_text(), re.M), ".ci/run must run the README's tests"
+
+
+def test_quickstart_runs_as_the_readme_says(cifar_dir, tmp_path):
+    """The run half of the first command, in a fresh folder, on the offline copy (the install half is
+    what .ci/run does)."""
+    cmd = quick_start()[0].split("&&")[-1].split()
+    assert cmd[:3] == ["python", "-m", "raybench.sweep"]
+    env = os.environ | {"RAYBENCH_DATA": str(cifar_dir)}
+    proc = subprocess.run([sys.executable, *cmd[1:]], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    df = pd.read_parquet(tmp_path / "results" / "quickstart")
+    assert sorted(df.groupby("workers").epoch.max().items()) == [(1, 4), (2, 4)]
+    assert df.test_top1.max() > 0.3  # 4 epochs on 10,000 images learn something
+
+
+def test_the_error_example_is_what_the_cli_prints(tmp_path):
+    example = re.search(r"^error: sweeps/mine.yaml: .*$", README, re.M).group(0)
+    mine = tmp_path / "sweeps" / "mine.yaml"
+    mine.parent.mkdir()
+    write_sweep(mine, name="mine", model={"depth": [18]})
+    proc = subprocess.run([sys.executable, "-m", "raybench.sweep", "sweeps/mine.yaml", "--dry-run"], cwd=tmp_path,
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == example
+
+
+def test_dry_run_prints_the_trial_table_and_starts_nothing(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "raybench.sweep", "scalability", "--dry-run",
+                           "--results", str(tmp_path / "r")], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "sweep scalability: 4 trial(s)" in proc.stdout
+    assert proc.stdout.count("resnet20v1_w") == 4
+    assert not (tmp_path / "r").exists()
