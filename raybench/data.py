@@ -110,11 +110,13 @@ def check_local(root: Path) -> None:
 
 def download_official(root: Path = DEFAULT_CACHE) -> None:
     """The official python archive through torchvision, which checks its md5 sums."""
+    from filelock import FileLock
     from torchvision.datasets import CIFAR10
 
     root.mkdir(parents=True, exist_ok=True)
     try:
-        CIFAR10(str(root), train=True, download=True)
+        with FileLock(str(root / ".download.lock")):  # workers on one node share the cache
+            CIFAR10(str(root), train=True, download=True)
     except RuntimeError as e:  # torchvision: "File not found or corrupted." on a bad md5
         raise DataError(f"CIFAR-10 download into {root} failed its md5 check: {e}") from None
     except OSError as e:

@@ -47,7 +47,7 @@ class CommStats:
     """Per-epoch communication totals, as the steps saw them."""
 
     comm_seconds: float = 0.0  # wait after the last bucket was ready until all were done
-    simulated_delay_seconds: float = 0.0  # part of that wait added by the simulated link
+    simulated_delay_seconds: float = 0.0  # link time the simulation added beyond the real transfers
     wire_bytes: int = 0  # bytes handed to the (simulated) wire
     steps: int = 0
 
@@ -108,7 +108,6 @@ class LinkHook:
         self._wire_free_at = 0.0
         self._wire: _Wire | None = None
         self._ready: list[float] = []  # per bucket of this step: when DDP handed it over
-        self._real_done: list[float] = []  # when its real collective finished
         self._done: list[float] = []  # when its result was released to DDP
         self._stats = CommStats()
 
@@ -129,7 +128,6 @@ class LinkHook:
             def record(fut: torch.futures.Future):
                 t = time.perf_counter()
                 with self._lock:
-                    self._real_done.append(t)
                     self._done.append(t)
                 return fut.value()
             return real.then(record)
@@ -137,8 +135,10 @@ class LinkHook:
         out = torch.futures.Future(devices=self.devices)
 
         def real_finished(_fut: torch.futures.Future) -> None:
+            t = time.perf_counter()
             with self._lock:
-                self._real_done.append(time.perf_counter())
+                # the modelled time not already covered by the real transfer
+                self._stats.simulated_delay_seconds += max(0.0, modelled - (t - ready))
             self._ensure_wire().hold(deadline, real, out, self._released)
 
         real.add_done_callback(real_finished)
@@ -160,11 +160,10 @@ class LinkHook:
         with self._lock:
             if self._ready:
                 last_ready = max(self._ready)
-                done, real_done = max(self._done), max(self._real_done)
-                self._stats.comm_seconds += max(0.0, done - last_ready)
-                self._stats.simulated_delay_seconds += max(0.0, done - max(real_done, last_ready))
+                self._stats.comm_seconds += max(0.0, max(self._done) - last_ready)
                 self._stats.steps += 1
-            self._ready.clear(); self._real_done.clear(); self._done.clear()
+            self._ready.clear()
+            self._done.clear()
 
     def take_stats(self) -> CommStats:
         with self._lock:

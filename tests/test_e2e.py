@@ -120,3 +120,23 @@ def test_two_workers_synchronise_every_step(cifar_dir, tmp_path):
     assert m["grad_err"] < 1e-5  # DDP applied the mean of the two local gradients
     assert m["param_diff"] == 0.0  # parameters identical on both ranks after every step
     assert m["bn_diff"] > 0.0  # batch-norm statistics stay per worker, as in MLBench's reference
+
+
+def test_simulated_link_delays_each_step_as_the_model_says(cifar_dir, tmp_path):
+    from raybench.models import build
+    from raybench.network import Link, allreduce_seconds
+
+    f = write_sweep(tmp_path / "net.yaml", name="net", workers=[2],
+                    network={"bandwidth_mbps": ["unlimited", 10], "latency_ms": [0]},
+                    schedule={"batch_per_worker": 64, "warmup_epochs": 0, "milestones": [], "epochs": 1},
+                    data={"train_images": 512, "test_images": 128})
+    assert sweep.main([str(f), "--data", str(cifar_dir), "--results", str(tmp_path)]) == 0
+    df = results.read_results(tmp_path / "net").set_index("bandwidth_mbps", drop=False)
+    steps = 512 // 2 // 64
+    grad_bytes = sum(p.numel() * 4 for p in build("resnet", 20, "v1").parameters())
+    modelled = allreduce_seconds(grad_bytes, 2, Link(10.0, 0.0))
+    limited, unlimited = df[df.bandwidth_mbps == 10].iloc[0], df[df.bandwidth_mbps.isna()].iloc[0]
+    assert limited.simulated_delay_seconds / steps == pytest.approx(modelled, rel=0.10)
+    assert limited.comm_seconds > 0.5 * limited.simulated_delay_seconds  # most of it is waited for
+    assert unlimited.simulated_delay_seconds == 0.0
+    assert limited.epoch_seconds > unlimited.epoch_seconds + 0.9 * steps * modelled
