@@ -31,7 +31,7 @@ from ray.scripts.scripts import cli as ray_cli
 ROOT = Path(__file__).resolve().parent.parent
 AWS = ROOT / "cluster.yaml"
 ONPREM = ROOT / "cluster.onprem.yaml"
-DOCS = ROOT / "docs" / "cluster.md"
+DOCS = ROOT / "README.md"
 CONFIGS = [pytest.param(AWS, id="aws"), pytest.param(ONPREM, id="onprem")]
 
 
@@ -163,7 +163,7 @@ def test_aws_effective_rules_when_ray_fills_the_group():
         else:
             assert rule["IpProtocol"] == "tcp" and rule["FromPort"] == rule["ToPort"] == 22, rule
     assert any({"CidrIp": "0.0.0.0/0"} in r.get("IpRanges", []) for r in rules), \
-        "Ray no longer adds SSH from anywhere: update docs/cluster.md and cluster.yaml"
+        "Ray no longer adds SSH from anywhere: update README.md's cluster section and cluster.yaml"
 
 
 @pytest.mark.parametrize("path", CONFIGS)
@@ -240,7 +240,7 @@ def test_onprem_addresses():
 # --- The README section's commands exist in the installed Ray ----------------------------------------
 
 def doc_commands() -> list[list[str]]:
-    """Every `ray ...` command line in docs/cluster.md's bash blocks (continuation lines joined)."""
+    """Every `ray ...` command line in README.md's bash blocks (continuation lines joined)."""
     blocks = re.findall(r"```bash\n(.*?)```", DOCS.read_text(), flags=re.S)
     lines = [ln.split("  #", 1)[0] for b in blocks for ln in b.replace("\\\n", " ").splitlines()]
     return [shlex.split(ln) for ln in lines if ln.strip().startswith("ray ")]
