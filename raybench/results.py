@@ -49,6 +49,7 @@ COLUMNS: dict[str, tuple[pa.DataType, str]] = {
     "train_top1": (pa.float64(), "training top-1 accuracy over the epoch (augmented images)"),
     "test_loss": (pa.float64(), "mean test loss after the epoch"),
     "test_top1": (pa.float64(), "test top-1 accuracy after the epoch"),
+    "budget_cut": (pa.bool_(), "true when goal.time_budget_s ran out during this epoch and cut it short"),
     "timestamp": (pa.timestamp("us", tz="UTC"), "when the epoch's row was reported"),
 }
 SCHEMA = pa.schema([pa.field(name, typ) for name, (typ, _) in COLUMNS.items()])

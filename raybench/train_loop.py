@@ -82,9 +82,22 @@ def steps_per_epoch(n_train: int, trial: TrialSpec) -> int:
     return steps
 
 
+def _budget_spent(t0: float, budget_left: float, worker: Worker) -> bool:
+    """Whether rank 0's clock says the time budget is spent; every rank gets rank 0's answer."""
+    flag = torch.tensor([float(time.perf_counter() - t0 >= budget_left)], device=worker.device)
+    if worker.world > 1:
+        dist.broadcast(flag, src=0)
+    return bool(flag.item())
+
+
 def train_epoch(ddp: DDP, hook: LinkHook, opt, sched, ds: cifar.Cifar10, trial: TrialSpec, worker: Worker,
-                epoch: int) -> dict[str, float]:
-    """One epoch over this rank's shard. Returns this rank's sums and the epoch's wall time."""
+                epoch: int, budget_left: float | None = None) -> dict[str, float]:
+    """One epoch over this rank's shard. Returns this rank's sums and the epoch's wall time.
+
+    With ``budget_left`` (seconds), the epoch stops after the step during which the budget ran
+    out (``cut`` in the result); the check costs one tiny broadcast per step, so callers pass it
+    only for epochs in which the budget can run out.
+    """
     ddp.train()
     bs = trial.schedule.batch_per_worker
     idx = cifar.shard_indices(len(ds.train_y), worker.rank, worker.world, trial.seed, epoch).to(worker.device)
@@ -96,7 +109,11 @@ def train_epoch(ddp: DDP, hook: LinkHook, opt, sched, ds: cifar.Cifar10, trial: 
     if worker.world > 1:
         dist.barrier()
     t0 = time.perf_counter()
+    done, cut = 0, False
     for step in range(steps):
+        if budget_left is not None and step > 0 and _budget_spent(t0, budget_left, worker):
+            cut = True
+            break
         batch = idx[step * bs:(step + 1) * bs]
         x = cifar.normalize(cifar.augment(ds.train_x[batch], aug))
         y = ds.train_y[batch]
@@ -109,12 +126,13 @@ def train_epoch(ddp: DDP, hook: LinkHook, opt, sched, ds: cifar.Cifar10, trial: 
         sched.step()
         loss_sum += loss.detach() * len(y)
         correct += (out.argmax(1) == y).sum()
+        done += 1
     if worker.device.type == "cuda":
         torch.cuda.synchronize(worker.device)
     seconds = time.perf_counter() - t0
     comm = hook.take_stats()
-    return {"seconds": seconds, "images": steps * bs, "loss_sum": float(loss_sum), "correct": int(correct),
-            "comm_seconds": comm.comm_seconds, "simulated_delay_seconds": comm.simulated_delay_seconds}
+    return {"seconds": seconds, "images": done * bs, "loss_sum": float(loss_sum), "correct": int(correct),
+            "comm_seconds": comm.comm_seconds, "simulated_delay_seconds": comm.simulated_delay_seconds, "cut": cut}
 
 
 @torch.no_grad()
@@ -172,9 +190,14 @@ def run(trial: TrialSpec, worker: Worker, ds: cifar.Cifar10, run_id: str, report
         torch.set_rng_state(state["torch_rng"].cpu())
         start_epoch, train_seconds = state["epoch"] + 1, state["train_seconds"]
     name = device_name(worker.device)
+    budget, last_epoch_seconds = trial.goal.time_budget_s, None
 
     for epoch in range(start_epoch, trial.schedule.epochs + 1):
-        tr = train_epoch(ddp, hook, opt, sched, ds, trial, worker, epoch)
+        budget_left = None
+        if budget is not None and (last_epoch_seconds is None or train_seconds + 1.5 * last_epoch_seconds >= budget):
+            budget_left = budget - train_seconds
+        tr = train_epoch(ddp, hook, opt, sched, ds, trial, worker, epoch, budget_left)
+        last_epoch_seconds = tr["seconds"]
         t_eval = time.perf_counter()
         test_loss, test_correct, test_n = evaluate(ddp.module, ds, worker)
         loss_sum, correct, images, te_loss, te_correct, te_n = _sum_over_ranks(
@@ -193,7 +216,7 @@ def run(trial: TrialSpec, worker: Worker, ds: cifar.Cifar10, run_id: str, report
             "comm_seconds": tr["comm_seconds"], "simulated_delay_seconds": tr["simulated_delay_seconds"],
             "images_per_second": images / tr["seconds"], "train_loss": loss_sum / images,
             "train_top1": correct / images, "test_loss": te_loss / te_n, "test_top1": te_correct / te_n,
-            "timestamp": datetime.now(timezone.utc).isoformat(),
+            "budget_cut": tr["cut"], "timestamp": datetime.now(timezone.utc).isoformat(),
         }
         if worker.rank == 0:
             with tempfile.TemporaryDirectory(prefix="raybench-ckpt-") as tmp:
@@ -201,7 +224,10 @@ def run(trial: TrialSpec, worker: Worker, ds: cifar.Cifar10, run_id: str, report
                 report(row, Path(tmp))
         else:
             report(row, None)
-
+        if tr["cut"] or (budget is not None and train_seconds >= budget):
+            break  # the time budget is spent
+        if trial.goal.stop_at_target and row["test_top1"] >= trial.goal.target_top1:
+            break
 
 def train_worker(config: dict[str, Any]) -> None:
     """Ray Train's per-worker entry point: the trial, the data, and the few Ray calls."""
