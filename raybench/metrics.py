@@ -49,12 +49,15 @@ def time_to_accuracy(rows: pd.DataFrame, target: float) -> float | None:
 
 
 def accuracy_after_time(rows: pd.DataFrame, budget_s: float | None) -> float | None:
-    """Test top-1 of the last epoch finished within ``budget_s`` training seconds (train_seconds <=
-    budget); an epoch that crosses the budget does not count. None if no epoch fits, or no budget."""
+    """Test top-1 of the model at the end of the budget: the last epoch finished within ``budget_s``
+    training seconds, or the epoch that the trial itself cut at the budget (``budget_cut``; it ends
+    at most one step past it), as MLBench evaluates the final model when the time is up. An epoch
+    that merely crossed the budget does not count. None if no epoch fits, or no budget."""
     if budget_s is None:
         return None
     rows = _one_trial(rows)
-    within = rows[rows["train_seconds"] <= budget_s]
+    cut = rows["budget_cut"].fillna(False).astype(bool) if "budget_cut" in rows else False
+    within = rows[(rows["train_seconds"] <= budget_s) | cut]
     return None if within.empty else _value(within["test_top1"].iloc[-1])
 
 
@@ -81,6 +84,16 @@ def comm_share(rows: pd.DataFrame) -> float | None:
     rows = _one_trial(rows)
     total = rows["epoch_seconds"].sum()
     return None if rows.empty or not total > 0 else float(rows["comm_seconds"].sum() / total)
+
+
+def budget_cut_epoch(rows: pd.DataFrame) -> int | None:
+    """The epoch the time budget cut short (training stopped during it), or None. That epoch ends
+    past the budget, so accuracy_after_time counts the epoch before it."""
+    rows = _one_trial(rows)
+    if "budget_cut" not in rows:
+        return None
+    cut = rows[rows["budget_cut"].fillna(False).astype(bool)]
+    return None if cut.empty else int(cut["epoch"].iloc[0])
 
 
 def _per_trial(value: PerTrial, key: tuple[str, str]) -> float | None:
@@ -111,11 +124,12 @@ def summary(rows: pd.DataFrame, target: PerTrial, budget: PerTrial) -> pd.DataFr
             "target_top1": tgt, "time_to_target_s": None if tgt is None else time_to_accuracy(g, tgt),
             "budget_s": bud, "top1_after_budget": accuracy_after_time(g, bud),
             "final_top1": final_top1(g), "images_per_second": images_per_second(g),
-            "comm_share": comm_share(g),
+            "comm_share": comm_share(g), "budget_cut_epoch": budget_cut_epoch(g),
         })
     return pd.DataFrame(out, columns=["sweep", "trial_id", "workers", "bandwidth_mbps", "latency_ms", "epochs",
                                       "train_seconds", "target_top1", "time_to_target_s", "budget_s",
-                                      "top1_after_budget", "final_top1", "images_per_second", "comm_share"])
+                                      "top1_after_budget", "final_top1", "images_per_second", "comm_share",
+                                      "budget_cut_epoch"])
 
 
 def describe_config(config: Mapping) -> str:

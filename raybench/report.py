@@ -145,7 +145,8 @@ def display(table: pd.DataFrame) -> pd.DataFrame:
         "bandwidth": [bandwidth_text(b) for b in table["bandwidth_mbps"]],
         "latency": [f"{x:g} ms" for x in table["latency_ms"]],
         "epochs": table["epochs"].astype(str),
-        "status": table["status"],
+        "status": [s if pd.isna(c) else f"{s} (budget cut epoch {int(c)})"
+                   for s, c in zip(table["status"], table["budget_cut_epoch"])],
         "target": [_pct(t) for t in table["target_top1"]],
         "time to target (s)": [_num(t, none="not reached" if not pd.isna(g) else "-")
                                for t, g in zip(table["time_to_target_s"], table["target_top1"])],
@@ -306,7 +307,7 @@ def plot_scaling(scal: pd.DataFrame, rows: pd.DataFrame):
     ax_s.set_ylabel("speedup over 1 worker (x)")
     ax_s.set_title("Speedup: T(1 worker) / T(p workers)")
     ax_e.set_ylabel("scaling efficiency (%)")
-    ax_e.set_ylim(bottom=0)
+    ax_e.set_ylim(0, max(110.0, 105 * float(scal["efficiency"].max(skipna=True) or 0)))
     ax_e.set_title("Efficiency: speedup / workers")
     return fig
 
@@ -352,8 +353,11 @@ def plot_vs_network(rows: pd.DataFrame, field: str, targets: dict):
     if handles:
         fig.legend(handles, texts, fontsize="small", loc="outside lower center", ncols=min(4, len(handles)))
     ax_t.set_ylabel("time to target top-1 (s of training)")
-    ax_t.set_title("Time to accuracy target")
+    shown = {targets.get(k) for k in frame["key"]} - {None}
+    ax_t.set_title("Time to accuracy target" + (f" ({100 * shown.pop():g}% top-1)" if len(shown) == 1 else ""))
     if not any_target:
+        ax_t.set_xticks([])
+        ax_t.set_yticks([])
         ax_t.text(0.5, 0.5, "no trial reached its target", transform=ax_t.transAxes, ha="center", va="center")
     ax_e.set_ylabel("training time per epoch (s)")
     ax_e.set_title("Time per epoch")
@@ -364,7 +368,7 @@ def plot_compute_comm(rows: pd.DataFrame):
     """Training time per trial split into compute, measured communication wait, and simulated link delay."""
     order = trial_order(rows)
     names = labels(rows)
-    fig = _figure(8.0, 1.6 + 0.45 * len(order))
+    fig = _figure(8.0, 2.2 + 0.45 * len(order))
     ax = fig.add_subplot()
     sums = [rows[(rows["sweep"] == s) & (rows["trial_id"] == t)][
         ["compute_seconds", "comm_seconds", "simulated_delay_seconds", "epoch_seconds"]].sum() for s, t in order]
@@ -383,9 +387,9 @@ def plot_compute_comm(rows: pd.DataFrame):
     ax.invert_yaxis()
     ax.set_xlabel(f"training time ({unit}, summed over epochs)")
     ax.set_title("Compute and communication per trial")
-    ax.margins(x=0.15)
+    ax.set_xlim(0, 1.2 * max(c + m + d for c, m, d in zip(compute, measured, delay)) or 1.0)
     ax.grid(True, axis="x", alpha=0.3)
-    ax.legend(fontsize="small", loc="lower right")
+    fig.legend(*ax.get_legend_handles_labels(), fontsize="small", loc="outside lower center", ncols=3)
     return fig
 
 

@@ -7,8 +7,11 @@ message naming the file or flag, the value and what is allowed); results go to
 from __future__ import annotations
 
 import argparse
+import os
+import socket
 import sys
 import uuid
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -16,6 +19,8 @@ from raybench import config as cfg
 from raybench import data as cifar
 
 EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
+DEFAULT_MAX_TRIALS = 100
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -27,11 +32,112 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                   "download into ~/.cache/raybench)")
     p.add_argument("--results", default="results", help="results folder (default: results/)")
     p.add_argument("--address", help="join this Ray cluster ('auto' after `ray up`); default: a local Ray")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted sweep in the same results folder")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted sweep in the same results folder (re-running does the same; "
+                        "--resume also fails when there is nothing to continue)")
     p.add_argument("--dry-run", action="store_true", help="validate and print the trial table; start nothing")
     p.add_argument("--max-failures", type=int, default=0,
                    help="worker failures a trial survives by restarting from its last checkpoint (default 0)")
+    p.add_argument("--max-trials", type=int, default=DEFAULT_MAX_TRIALS,
+                   help=f"refuse grids with more trials than this unless --yes (default {DEFAULT_MAX_TRIALS})")
+    p.add_argument("--yes", action="store_true", help="run a grid larger than --max-trials")
     return p.parse_args(argv)
+
+
+@dataclass
+class Plan:
+    """A validated sweep: what to run, what is already done, where results go."""
+
+    spec: cfg.SweepSpec
+    trials: list[cfg.TrialSpec]
+    done: list[str]  # trial ids whose results are complete
+    sweep_dir: Path
+    data_root: Path
+    local_data: bool
+
+
+def _check_results(results_dir: Path) -> None:
+    for parent in (results_dir, *results_dir.parents):
+        if parent.exists():
+            if not parent.is_dir():
+                raise cfg.ConfigError(f"--results {results_dir}: {parent} is a file, not a folder")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise cfg.ConfigError(f"--results {results_dir}: {parent} is not writable")
+            return
+
+
+def _earlier_results(trials: list[cfg.TrialSpec], sweep_dir: Path) -> list[str]:
+    """Trial ids already complete in ``sweep_dir``; a file written by another configuration of the
+    same trial id is an error (its rows would mix with the new ones)."""
+    from raybench import results
+
+    done = []
+    for t in trials:
+        path = results.trial_path(sweep_dir, t.trial_id)
+        if not path.exists():
+            continue
+        try:
+            _, meta = results.read_trial(path)
+            before = results.trial_config(meta)
+        except Exception as e:  # not Parquet, or no raybench metadata
+            raise cfg.ConfigError(f"{path}: not a raybench trial file ({type(e).__name__}: {e}); move it away "
+                                  f"or use another --results folder") from None
+        now = t.model_dump(mode="json")
+        if before != now:
+            diff = sorted(k for k in now if before.get(k) != now[k])
+            raise cfg.ConfigError(f"{path}: written by another configuration of trial {t.trial_id} (differs in "
+                                  f"{', '.join(diff)}); use another --results folder or move the file away")
+        if meta.get(results.META_STATUS.decode()) == results.STATUS_COMPLETE:
+            done.append(t.trial_id)
+    return done
+
+
+def _check_address(address: str) -> None:
+    """Fail fast when nothing answers at --address (Ray would otherwise retry for a minute)."""
+    if address == "auto":
+        if os.environ.get("RAY_ADDRESS") or Path("/tmp/ray/ray_current_cluster").exists():
+            return
+        raise cfg.ConfigError("--address auto: no running Ray cluster found on this machine; start one with "
+                              "`ray start --head` or `ray up`, or leave --address out for a local Ray")
+    hostport = address.split("://", 1)[-1]
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise cfg.ConfigError(f"--address {address!r}: expected HOST:PORT, ray://HOST:PORT or auto")
+    try:
+        socket.create_connection((host, int(port)), timeout=3).close()
+    except OSError as e:
+        raise cfg.ConfigError(f"--address {address}: nothing answers there ({e.strerror or e}); start a cluster "
+                              "with `ray start --head` or `ray up`, or leave --address out for a local Ray") from None
+
+
+def plan(args: argparse.Namespace) -> Plan:
+    """Every check of the input, before Ray starts; raises ConfigError or DataError, writes nothing."""
+    spec = cfg.load(args.sweep)
+    trials = cfg.expand(spec)
+    if args.smoke:
+        trials = cfg.smoke(trials)
+        if not trials:
+            raise cfg.ConfigError(f"{args.sweep}: --smoke keeps trials with at most {cfg.SMOKE_MAX_WORKERS} "
+                                  f"workers, and this sweep has none (workers: {spec.workers})")
+    if args.max_failures < 0:
+        raise cfg.ConfigError(f"--max-failures {args.max_failures}: must be 0 or more")
+    if args.max_trials < 1:
+        raise cfg.ConfigError(f"--max-trials {args.max_trials}: must be 1 or more")
+    if len(trials) > args.max_trials and not args.yes:
+        raise cfg.ConfigError(f"{args.sweep}: the grid has {len(trials)} trials, more than --max-trials "
+                              f"{args.max_trials}; pass --yes to run them all, or make the grid smaller")
+    results_dir = Path(args.results)
+    _check_results(results_dir)
+    sweep_dir = results_dir / spec.name
+    done = _earlier_results(trials, sweep_dir)
+    if args.resume and not any(sweep_dir.glob("*.parquet")):
+        raise cfg.ConfigError(f"--resume: nothing to resume in {sweep_dir} (no trial files there)")
+    root, local = cifar.data_root(args.data)
+    if local:
+        cifar.load(root)  # checks files, shapes and labels now rather than in every worker
+    if args.address:
+        _check_address(args.address)
+    return Plan(spec, trials, done, sweep_dir, root, local)
 
 
 def trial_table(trials: list[cfg.TrialSpec]) -> str:
@@ -62,58 +168,58 @@ def check_fits(trials: list[cfg.TrialSpec], capacity: dict[str, float], where: s
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        spec = cfg.load(args.sweep)
-        trials = cfg.expand(spec)
-        if args.smoke:
-            trials = cfg.smoke(trials)
-            if not trials:
-                raise cfg.ConfigError(f"{args.sweep}: --smoke keeps trials with at most {cfg.SMOKE_MAX_WORKERS} "
-                                      f"workers, and this sweep has none (workers: {spec.workers})")
-        if args.max_failures < 0:
-            raise cfg.ConfigError(f"--max-failures {args.max_failures}: must be 0 or more")
-        root, local = cifar.data_root(args.data)
-        if local:
-            cifar.check_local(root)
+        p = plan(args)
     except (cfg.ConfigError, cifar.DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
 
-    print(f"sweep {spec.name}: {len(trials)} trial(s)")
-    print(trial_table(trials))
-    if args.dry_run:
+    print(f"sweep {p.spec.name}: {len(p.trials)} trial(s)")
+    print(trial_table(p.trials))
+    todo = [t for t in p.trials if t.trial_id not in p.done]
+    if p.done:
+        print(f"{len(p.done)} trial(s) already complete in {p.sweep_dir}/, not run again")
+    if args.dry_run or not todo:
         return 0
 
     from raybench import launch  # imports Ray: only once the input is known to be good
 
     try:
         if not args.address:
-            check_fits(trials, launch.local_capacity(), "this machine")
-        if not local:
-            cifar.download_official(root)
+            check_fits(todo, launch.local_capacity(), "this machine")
+        if not p.local_data:
+            cifar.download_official(p.data_root)
     except (cfg.ConfigError, cifar.DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
 
-    sweep_dir = Path(args.results) / spec.name
     run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:6]
     started = launch.init_ray(args.address)
+    grid = None
     try:
         if args.address:
-            check_fits(trials, launch.cluster_capacity(), f"the cluster at {args.address}")
-        grid = launch.run_sweep(trials, sweep_dir, str(root) if local else None,
-                                cifar.DATASET_LOCAL if local else cifar.DATASET_OFFICIAL, run_id, args.max_failures)
+            check_fits(todo, launch.cluster_capacity(), f"the cluster at {args.address}")
+        grid = launch.run_sweep(todo, p.sweep_dir, str(p.data_root) if p.local_data else None,
+                                cifar.DATASET_LOCAL if p.local_data else cifar.DATASET_OFFICIAL, run_id,
+                                args.max_failures)
     except cfg.ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        pass
     finally:
         if started:
             import ray
 
             ray.shutdown()
-    failed = [r for r in grid if r.error]
-    print(f"results: {sweep_dir}/ ({len(trials) - len(failed)} of {len(trials)} trial(s) finished)")
+    failed = [r for r in grid if r.error] if grid is not None else []
     for r in failed:
         print(f"trial {r.config['trial']['trial_id']} failed: {r.error}", file=sys.stderr)
+    complete = _earlier_results(p.trials, p.sweep_dir)
+    print(f"results: {p.sweep_dir}/ ({len(complete)} of {len(p.trials)} trial(s) complete)")
+    if len(complete) < len(p.trials) and not failed:
+        print("interrupted: rerun the same command (or add --resume) to continue; finished trials are kept "
+              "and unfinished ones continue from their last checkpoint", file=sys.stderr)
+        return EXIT_INTERRUPTED
     return 1 if failed else 0
 
 
