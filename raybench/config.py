@@ -14,7 +14,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 
 SWEEPS_DIR = Path(__file__).resolve().parent.parent / "sweeps"
 DEPTHS = (20, 32, 44, 56)
-ALGORITHMS = ("allreduce",)
+ALGORITHMS = ("allreduce", "fp16", "powersgd", "localsgd")
 HARDWARE = ("cpu", "gpu")
 UNLIMITED = "unlimited"
 
@@ -104,6 +104,22 @@ class Goal(_Strict):
     stop_at_target: bool = False
 
 
+class PowerSGDOptions(_Strict):
+    """torch's PowerSGD: rank of the approximation, plain all-reduce steps before it starts."""
+
+    rank: PosInt = 2
+    start_iter: Annotated[int, Field(strict=True, ge=2)] = 10  # torch needs >= 2 with warm start/error feedback
+    warm_start: bool = True
+    min_compression_rate: Annotated[float, Field(gt=0)] = 2.0
+
+
+class LocalSGDOptions(_Strict):
+    """Post-local SGD: synchronous for warmup_steps, then parameters averaged every period steps."""
+
+    warmup_steps: Annotated[int, Field(strict=True, ge=0)] = 100
+    period: PosInt = 8
+
+
 class DataSubset(_Strict):
     """How much of CIFAR-10 a trial uses (None = all of it): for quick runs and tests."""
 
@@ -118,7 +134,10 @@ class SweepSpec(_Strict):
     hardware: Annotated[list[Literal["cpu", "gpu"]], Field(min_length=1)] = ["cpu"]
     cpus_per_worker: PosInt = 1
     network: NetworkGrid = NetworkGrid()
-    algorithm: Annotated[list[Literal["allreduce"]], Field(min_length=1)] = ["allreduce"]
+    algorithm: Annotated[list[Literal["allreduce", "fp16", "powersgd", "localsgd"]], Field(min_length=1)] = [
+        "allreduce"]
+    powersgd: PowerSGDOptions = PowerSGDOptions()
+    localsgd: LocalSGDOptions = LocalSGDOptions()
     schedule: Schedule = Schedule()
     goal: Goal = Goal()
     seed: Annotated[list[Annotated[int, Field(strict=True, ge=0)]], Field(min_length=1)] = [0]
@@ -142,6 +161,8 @@ class TrialSpec(_Strict):
     bandwidth_mbps: float | None  # None = unlimited
     latency_ms: float
     algorithm: str
+    powersgd: PowerSGDOptions = PowerSGDOptions()
+    localsgd: LocalSGDOptions = LocalSGDOptions()
     seed: int
     schedule: Schedule
     goal: Goal
@@ -174,18 +195,19 @@ def expand(spec: SweepSpec) -> list[TrialSpec]:
             sweep=spec.name, trial_id=_trial_id(depth, version, workers, hardware, bw_value, lat, algorithm, seed),
             arch=spec.model.arch, depth=depth, version=version, workers=workers, hardware=hardware,
             cpus_per_worker=spec.cpus_per_worker, bandwidth_mbps=bw_value, latency_ms=float(lat),
-            algorithm=algorithm, seed=seed, schedule=spec.schedule, goal=spec.goal, data=spec.data,
+            algorithm=algorithm, powersgd=spec.powersgd, localsgd=spec.localsgd, seed=seed, schedule=spec.schedule,
+            goal=spec.goal, data=spec.data,
         ))
     return trials
 
 
 def smoke(trials: list[TrialSpec]) -> list[TrialSpec]:
-    """--smoke: at most 2 CPU workers, a few hundred images, at most 2 epochs; grid points that
-    collapse onto the same smoke trial are kept once."""
+    """--smoke: at most 2 CPU workers (more are clamped to 2), a few hundred images, at most 2 epochs,
+    PowerSGD and local SGD starting after 2 steps; grid points that collapse onto the same smoke
+    trial are kept once."""
     out: dict[str, TrialSpec] = {}
     for t in trials:
-        if t.workers > SMOKE_MAX_WORKERS:
-            continue
+        workers = min(t.workers, SMOKE_MAX_WORKERS)
         sched = t.schedule.model_copy(update={
             "epochs": min(t.schedule.epochs, SMOKE_EPOCHS),
             "warmup_epochs": min(t.schedule.warmup_epochs, 1),
@@ -193,10 +215,13 @@ def smoke(trials: list[TrialSpec]) -> list[TrialSpec]:
         })
         data = DataSubset(train_images=min(t.data.train_images or SMOKE_TRAIN_IMAGES, SMOKE_TRAIN_IMAGES),
                           test_images=min(t.data.test_images or SMOKE_TEST_IMAGES, SMOKE_TEST_IMAGES))
-        trial_id = _trial_id(t.depth, t.version, t.workers, "cpu", t.bandwidth_mbps, t.latency_ms, t.algorithm,
-                             t.seed)
+        trial_id = _trial_id(t.depth, t.version, workers, "cpu", t.bandwidth_mbps, t.latency_ms, t.algorithm, t.seed)
+        powersgd = t.powersgd.model_copy(update={"start_iter": min(t.powersgd.start_iter, 2)})
+        localsgd = t.localsgd.model_copy(update={"warmup_steps": min(t.localsgd.warmup_steps, 2),
+                                                 "period": min(t.localsgd.period, 2)})
         out.setdefault(trial_id, t.model_copy(update={
-            "hardware": "cpu", "cpus_per_worker": 1, "schedule": sched, "data": data, "trial_id": trial_id}))
+            "workers": workers, "hardware": "cpu", "cpus_per_worker": 1, "schedule": sched, "data": data,
+            "powersgd": powersgd, "localsgd": localsgd, "trial_id": trial_id}))
     return list(out.values())
 
 
@@ -238,7 +263,8 @@ def load(name_or_path: str) -> SweepSpec:
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path}: cannot read: {e}") from None
     if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of fields, got {type(raw).__name__}")
+        raise ConfigError(f"{path}: the top level must be a mapping of fields, got "
+                          f"{'an empty file' if raw is None else type(raw).__name__}")
     return parse(raw, source=str(path))
 
 

@@ -57,7 +57,6 @@ import secrets
 import select
 import shutil
 import signal
-import socket
 import struct
 import subprocess
 import sys
@@ -65,7 +64,7 @@ import tempfile
 import textwrap
 import time
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import Mapping, Sequence
 
 SUBNET = "10.213.0"  # only ever configured inside our own namespaces
 PREFIX_LEN = 24
@@ -263,7 +262,8 @@ def reap_stale() -> list[str]:
             if _ns_id(ns) is not None:
                 _run(["ip", "netns", "del", ns], check=False)
                 removed.append(ns)
-        shutil.rmtree(info.get("tmp", ""), ignore_errors=True) if info.get("tmp") else None
+        if info.get("tmp"):
+            shutil.rmtree(info["tmp"], ignore_errors=True)
         marker.unlink(missing_ok=True)
     return removed
 
@@ -561,14 +561,27 @@ class ShapedPair:
         self._closed = True
         with _signals_deferred():
             errors = []
-            for ns in self.namespaces:
-                try:
-                    _kill_ns_processes(ns)
-                except Exception as e:  # keep going: delete what can be deleted
-                    errors.append(str(e))
+            # our own children first (one may not have entered its namespace yet), then everything
+            # in the namespaces, then whatever a late child put there meanwhile
             for p in self._started:
-                with contextlib.suppress(Exception):
-                    p.wait(5)
+                if p.poll() is None:
+                    with contextlib.suppress(ProcessLookupError):
+                        p.terminate()
+            for attempt in range(2):
+                for ns in self.namespaces:
+                    try:
+                        _kill_ns_processes(ns)
+                    except Exception as e:  # keep going: delete what can be deleted
+                        errors.append(str(e))
+                for p in self._started:
+                    try:
+                        p.wait(5)
+                    except subprocess.TimeoutExpired:
+                        p.kill()
+                        with contextlib.suppress(subprocess.TimeoutExpired):
+                            p.wait(5)
+                if not any(ns_pids(ns) for ns in self.namespaces):
+                    break
             if self._delayline is not None:
                 with contextlib.suppress(Exception):
                     self._delayline.stdin.close()

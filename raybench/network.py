@@ -47,7 +47,7 @@ class CommStats:
     """Per-epoch communication totals, as the steps saw them."""
 
     comm_seconds: float = 0.0  # wait after the last bucket was ready until all were done
-    simulated_delay_seconds: float = 0.0  # link time the simulation added beyond the real transfers
+    simulated_delay_seconds: float = 0.0  # modelled link time of every all-reduce (the real transfers run inside it)
     wire_bytes: int = 0  # bytes handed to the (simulated) wire
     steps: int = 0
 
@@ -88,6 +88,13 @@ class _Wire(threading.Thread):
 
 
 InnerHook = Callable[[object, dist.GradBucket], torch.futures.Future]
+Collectives = Callable[[dist.GradBucket], list[int]]  # bytes of each all-reduce a bucket needs
+
+
+def fp32_allreduce(bucket: dist.GradBucket) -> list[int]:
+    """The bucket as it is: one all-reduce of its buffer."""
+    buf = bucket.buffer()
+    return [buf.numel() * buf.element_size()]
 
 
 class LinkHook:
@@ -98,11 +105,11 @@ class LinkHook:
     """
 
     def __init__(self, link: Link, workers: int, inner: InnerHook = default_hooks.allreduce_hook,
-                 inner_state: object = None, wire_bytes: Callable[[dist.GradBucket], int] | None = None,
+                 inner_state: object = None, collectives: Collectives = fp32_allreduce,
                  device: torch.device | None = None) -> None:
         self.link, self.workers = link, workers
         self.inner, self.inner_state = inner, inner_state
-        self.wire_bytes = wire_bytes or (lambda bucket: bucket.buffer().numel() * bucket.buffer().element_size())
+        self.collectives = collectives
         self.devices = [device] if device is not None and device.type == "cuda" else None
         self._lock = threading.Lock()
         self._wire_free_at = 0.0
@@ -111,16 +118,18 @@ class LinkHook:
         self._done: list[float] = []  # when its result was released to DDP
         self._stats = CommStats()
 
-    def modelled_seconds(self, nbytes: int) -> float:
-        return allreduce_seconds(nbytes, self.workers, self.link)
+    def modelled_seconds(self, sizes: list[int]) -> float:
+        """Link time of a sequence of all-reduces (each pays the latency term)."""
+        return sum(allreduce_seconds(n, self.workers, self.link) for n in sizes)
 
     def __call__(self, bucket: dist.GradBucket) -> torch.futures.Future:
         ready = time.perf_counter()
-        nbytes = self.wire_bytes(bucket)
-        modelled = self.modelled_seconds(nbytes)
+        sizes = self.collectives(bucket)  # before the inner hook, which may advance its own state
+        modelled = self.modelled_seconds(sizes)
         with self._lock:
             self._ready.append(ready)
-            self._stats.wire_bytes += nbytes
+            self._stats.wire_bytes += sum(sizes)
+            self._stats.simulated_delay_seconds += modelled
             deadline = max(self._wire_free_at, ready) + modelled
             self._wire_free_at = deadline
         real = self.inner(self.inner_state, bucket)
@@ -135,10 +144,6 @@ class LinkHook:
         out = torch.futures.Future(devices=self.devices)
 
         def real_finished(_fut: torch.futures.Future) -> None:
-            t = time.perf_counter()
-            with self._lock:
-                # the modelled time not already covered by the real transfer
-                self._stats.simulated_delay_seconds += max(0.0, modelled - (t - ready))
             self._ensure_wire().hold(deadline, real, out, self._released)
 
         real.add_done_callback(real_finished)
@@ -154,6 +159,19 @@ class LinkHook:
                 self._wire = _Wire()
                 self._wire.start()
             return self._wire
+
+    def charge(self, sizes: list[int], real_seconds: float) -> None:
+        """Communication outside DDP's backward (model averaging): the step waits for it anyway, so
+        a plain sleep for the modelled time not covered by the real transfer is what a wire does."""
+        modelled = self.modelled_seconds(sizes)
+        delay = max(0.0, modelled - real_seconds)
+        if delay:
+            time.sleep(delay)
+        with self._lock:
+            self._wire_free_at = max(self._wire_free_at, time.perf_counter())
+            self._stats.wire_bytes += sum(sizes)
+            self._stats.comm_seconds += real_seconds + delay
+            self._stats.simulated_delay_seconds += modelled
 
     def end_step(self) -> None:
         """Close one step's timing; call after backward() returned (all buckets are done then)."""

@@ -43,7 +43,7 @@ COLUMNS: dict[str, tuple[pa.DataType, str]] = {
     "eval_seconds": (pa.float64(), "time spent evaluating on the test set after this epoch"),
     "compute_seconds": (pa.float64(), "epoch_seconds not spent waiting on communication"),
     "comm_seconds": (pa.float64(), "time the steps waited for gradient communication, simulated delay included"),
-    "simulated_delay_seconds": (pa.float64(), "link time the simulated link added beyond the real transfers, summed over buckets (the part not hidden behind the backward pass shows in comm_seconds)"),
+    "simulated_delay_seconds": (pa.float64(), "modelled link time of the epoch's all-reduces on the simulated link (the real transfers run inside it; what the steps waited shows in comm_seconds)"),
     "images_per_second": (pa.float64(), "training images processed per second of epoch_seconds, all workers"),
     "train_loss": (pa.float64(), "mean training loss over the epoch"),
     "train_top1": (pa.float64(), "training top-1 accuracy over the epoch (augmented images)"),

@@ -27,7 +27,8 @@ from raybench import data as cifar
 from raybench import results
 from raybench.config import TrialSpec
 from raybench.models import build
-from raybench.network import LinkHook, Link, link_hook
+from raybench import algorithms
+from raybench.network import LinkHook
 from raybench.schedule import lr_factor, peak_lr
 
 STATE_FILE = "state.pt"
@@ -54,14 +55,24 @@ def device_name(device: torch.device) -> str:
     return platform.processor() or platform.machine()
 
 
-def make_ddp(model: torch.nn.Module, trial: TrialSpec, worker: Worker) -> tuple[DDP, LinkHook]:
-    """Wrap the model in DDP with the trial's communication hook (the link model and its timers)."""
+def wrap_ddp(model: torch.nn.Module, trial: TrialSpec, worker: Worker) -> DDP:
+    """DDP with per-worker batch-norm statistics (no buffer broadcast in forward).
+
+    PowerSGD on gloo gets one gradient bucket: with several, its second all-reduce is issued from
+    a callback thread while backward issues the next bucket's, and gloo needs every rank to issue
+    collectives in the same order.
+    """
     model = model.to(worker.device, memory_format=torch.channels_last if worker.device.type == "cuda"
                      else torch.contiguous_format)
-    ddp = DDP(model, device_ids=[worker.device.index] if worker.device.type == "cuda" else None,
-              forward_sync_buffers=False)
-    hook = LinkHook(Link(trial.bandwidth_mbps, trial.latency_ms), worker.world, device=worker.device)
-    ddp.register_comm_hook(hook, link_hook)
+    one_bucket = trial.algorithm == "powersgd" and worker.device.type != "cuda"
+    return DDP(model, device_ids=[worker.device.index] if worker.device.type == "cuda" else None,
+               forward_sync_buffers=False, bucket_cap_mb=1024 if one_bucket else None)
+
+
+def make_ddp(model: torch.nn.Module, trial: TrialSpec, worker: Worker) -> tuple[DDP, LinkHook]:
+    """DDP with the trial's algorithm as its communication hook, behind the simulated link."""
+    ddp = wrap_ddp(model, trial, worker)
+    hook, _ = algorithms.attach(ddp, trial, worker.world, worker.device)
     return ddp, hook
 
 
@@ -91,7 +102,8 @@ def _budget_spent(t0: float, budget_left: float, worker: Worker) -> bool:
 
 
 def train_epoch(ddp: DDP, hook: LinkHook, opt, sched, ds: cifar.Cifar10, trial: TrialSpec, worker: Worker,
-                epoch: int, budget_left: float | None = None) -> dict[str, float]:
+                epoch: int, budget_left: float | None = None,
+                averager: algorithms.LocalSGDAverager | None = None) -> dict[str, float]:
     """One epoch over this rank's shard. Returns this rank's sums and the epoch's wall time.
 
     With ``budget_left`` (seconds), the epoch stops after the step during which the budget ran
@@ -123,6 +135,8 @@ def train_epoch(ddp: DDP, hook: LinkHook, opt, sched, ds: cifar.Cifar10, trial: 
         loss.backward()
         hook.end_step()
         opt.step()
+        if averager is not None:
+            averager.after_step(ddp.module)
         sched.step()
         loss_sum += loss.detach() * len(y)
         correct += (out.argmax(1) == y).sum()
@@ -179,7 +193,7 @@ def run(trial: TrialSpec, worker: Worker, ds: cifar.Cifar10, run_id: str, report
     model = build(trial.arch, trial.depth, trial.version)
     ds = ds.subset(trial.data.train_images, trial.data.test_images).to(worker.device)
     spe = steps_per_epoch(len(ds.train_y), trial)
-    ddp, hook = make_ddp(model, trial, worker)
+    ddp = wrap_ddp(model, trial, worker)
     opt, sched = make_optimizer(ddp, trial, spe)
     start_epoch, train_seconds = 1, 0.0
     if restore is not None:
@@ -189,6 +203,7 @@ def run(trial: TrialSpec, worker: Worker, ds: cifar.Cifar10, run_id: str, report
         sched.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["torch_rng"].cpu())
         start_epoch, train_seconds = state["epoch"] + 1, state["train_seconds"]
+    hook, averager = algorithms.attach(ddp, trial, worker.world, worker.device, steps_done=sched.last_epoch)
     name = device_name(worker.device)
     budget, last_epoch_seconds = trial.goal.time_budget_s, None
 
@@ -196,7 +211,7 @@ def run(trial: TrialSpec, worker: Worker, ds: cifar.Cifar10, run_id: str, report
         budget_left = None
         if budget is not None and (last_epoch_seconds is None or train_seconds + 1.5 * last_epoch_seconds >= budget):
             budget_left = budget - train_seconds
-        tr = train_epoch(ddp, hook, opt, sched, ds, trial, worker, epoch, budget_left)
+        tr = train_epoch(ddp, hook, opt, sched, ds, trial, worker, epoch, budget_left, averager)
         last_epoch_seconds = tr["seconds"]
         t_eval = time.perf_counter()
         test_loss, test_correct, test_n = evaluate(ddp.module, ds, worker)
