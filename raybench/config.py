@@ -10,10 +10,16 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo,
+                      field_validator, model_validator)
 
 SWEEPS_DIR = Path(__file__).resolve().parent.parent / "sweeps"
 DEPTHS = (20, 32, 44, 56)
+# model.arch -> (allowed depths, allowed versions), the first of each being the default.
+ARCHS: dict[str, tuple[tuple[int, ...], tuple[str, ...]]] = {
+    "resnet": (DEPTHS, ("v1", "v2")),  # He et al.'s CIFAR ResNets (models/resnet_cifar.py)
+    "resnet9": ((9,), ("v1",)),        # Page's DAWNBench ResNet-9 (models/resnet9.py)
+}
 ALGORITHMS = ("allreduce", "fp16", "powersgd", "localsgd")
 HARDWARE = ("cpu", "gpu")
 UNLIMITED = "unlimited"
@@ -57,13 +63,44 @@ def _bandwidth(v: Any) -> Any:
     return float(v)
 
 
+def _one_of(values: tuple[Any, ...]) -> str:
+    """'20, 32, 44 or 56', as pydantic words a Literal's choices."""
+    shown = [repr(v) for v in values]
+    return shown[0] if len(shown) == 1 else f"{', '.join(shown[:-1])} or {shown[-1]}"
+
+
+def _fits_arch(v: Any, info: ValidationInfo) -> Any:
+    """A depth or version must be one that model.arch has (arch is validated first: it comes first)."""
+    arch = info.data.get("arch")
+    if arch not in ARCHS:
+        return v  # the arch itself is wrong; that error is reported
+    which = 0 if info.field_name == "depth" else 1
+    allowed = ARCHS[arch][which]
+    if v not in allowed:
+        hint = "" if arch == "resnet" else f" with arch {arch!r}"
+        others = [a for a, choices in ARCHS.items() if v in choices[which]]
+        elsewhere = f"; {v!r} is a {info.field_name} of arch {others[0]!r}" if others else ""
+        raise ValueError(f"allowed{hint}: {_one_of(allowed)}{elsewhere}")
+    return v
+
+
 class ModelGrid(_Strict):
-    arch: Literal["resnet"] = "resnet"
-    depth: Annotated[list[Literal[20, 32, 44, 56]], Field(min_length=1)] = [20]
-    version: Annotated[list[Literal["v1", "v2"]], Field(min_length=1)] = ["v1"]
+    arch: Literal["resnet", "resnet9"] = "resnet"
+    depth: Annotated[list[Annotated[int, Field(strict=True), AfterValidator(_fits_arch)]], Field(min_length=1)] = [20]
+    version: Annotated[list[Annotated[str, AfterValidator(_fits_arch)]], Field(min_length=1)] = ["v1"]
 
     _grid = field_validator("depth", "version", mode="before")(_listify)
     _uniq = field_validator("depth", "version")(_unique)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _arch_defaults(cls, data: Any) -> Any:
+        """An omitted depth or version defaults to the arch's first (resnet: 20, v1; resnet9: 9, v1)."""
+        arch = data.get("arch", "resnet") if isinstance(data, dict) else None
+        if isinstance(arch, str) and arch in ARCHS:
+            depths, versions = ARCHS[arch]
+            data = {"depth": [depths[0]], "version": [versions[0]]} | data
+        return data
 
 
 Bandwidth = Annotated[Union[float, str], BeforeValidator(_bandwidth)]
@@ -133,6 +170,8 @@ class SweepSpec(_Strict):
     workers: Annotated[list[PosInt], Field(min_length=1)] = [1]
     hardware: Annotated[list[Literal["cpu", "gpu"]], Field(min_length=1)] = ["cpu"]
     cpus_per_worker: PosInt = 1
+    accelerator_type: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")] | None = None
+    precision: Annotated[list[Literal["fp32", "bf16"]], Field(min_length=1)] = ["fp32"]
     network: NetworkGrid = NetworkGrid()
     algorithm: Annotated[list[Literal["allreduce", "fp16", "powersgd", "localsgd"]], Field(min_length=1)] = [
         "allreduce"]
@@ -143,8 +182,8 @@ class SweepSpec(_Strict):
     seed: Annotated[list[Annotated[int, Field(strict=True, ge=0)]], Field(min_length=1)] = [0]
     data: DataSubset = DataSubset()
 
-    _grid = field_validator("workers", "hardware", "algorithm", "seed", mode="before")(_listify)
-    _uniq = field_validator("workers", "hardware", "algorithm", "seed")(_unique)
+    _grid = field_validator("workers", "hardware", "algorithm", "seed", "precision", mode="before")(_listify)
+    _uniq = field_validator("workers", "hardware", "algorithm", "seed", "precision")(_unique)
 
 
 class TrialSpec(_Strict):
@@ -158,6 +197,8 @@ class TrialSpec(_Strict):
     workers: int
     hardware: str
     cpus_per_worker: int
+    accelerator_type: str | None = None
+    precision: str = "fp32"
     bandwidth_mbps: float | None  # None = unlimited
     latency_ms: float
     algorithm: str
@@ -170,17 +211,25 @@ class TrialSpec(_Strict):
 
     @property
     def model_name(self) -> str:
-        return f"{self.arch}{self.depth}_{self.version}"
+        """resnet20_v1; an arch with a single depth and version is its own name (resnet9)."""
+        return self.arch if _fixed(self.arch) else f"{self.arch}{self.depth}_{self.version}"
 
     @property
     def global_batch(self) -> int:
         return self.schedule.batch_per_worker * self.workers
 
 
-def _trial_id(depth: int, version: str, workers: int, hardware: str, bw: float | None, lat: float,
+def _fixed(arch: str) -> bool:
+    """Whether the arch has one depth and one version only, so that its name says it all."""
+    depths, versions = ARCHS.get(arch, ((), ()))
+    return len(depths) == 1 and len(versions) == 1
+
+
+def _trial_id(arch: str, depth: int, version: str, workers: int, hardware: str, bw: float | None, lat: float,
               algorithm: str, seed: int) -> str:
     bw_s = "inf" if bw is None else f"{bw:g}"
-    return f"resnet{depth}{version}_w{workers}_{hardware}_bw{bw_s}_lat{lat:g}_{algorithm}_s{seed}"
+    model = arch if _fixed(arch) else f"{arch}{depth}{version}"
+    return f"{model}_w{workers}_{hardware}_bw{bw_s}_lat{lat:g}_{algorithm}_s{seed}"
 
 
 def expand(spec: SweepSpec) -> list[TrialSpec]:
@@ -192,7 +241,8 @@ def expand(spec: SweepSpec) -> list[TrialSpec]:
     ):
         bw_value = None if bw == UNLIMITED else float(bw)
         trials.append(TrialSpec(
-            sweep=spec.name, trial_id=_trial_id(depth, version, workers, hardware, bw_value, lat, algorithm, seed),
+            sweep=spec.name,
+            trial_id=_trial_id(spec.model.arch, depth, version, workers, hardware, bw_value, lat, algorithm, seed),
             arch=spec.model.arch, depth=depth, version=version, workers=workers, hardware=hardware,
             cpus_per_worker=spec.cpus_per_worker, bandwidth_mbps=bw_value, latency_ms=float(lat),
             algorithm=algorithm, powersgd=spec.powersgd, localsgd=spec.localsgd, seed=seed, schedule=spec.schedule,
@@ -215,12 +265,14 @@ def smoke(trials: list[TrialSpec]) -> list[TrialSpec]:
         })
         data = DataSubset(train_images=min(t.data.train_images or SMOKE_TRAIN_IMAGES, SMOKE_TRAIN_IMAGES),
                           test_images=min(t.data.test_images or SMOKE_TEST_IMAGES, SMOKE_TEST_IMAGES))
-        trial_id = _trial_id(t.depth, t.version, workers, "cpu", t.bandwidth_mbps, t.latency_ms, t.algorithm, t.seed)
+        trial_id = _trial_id(t.arch, t.depth, t.version, workers, "cpu", t.bandwidth_mbps, t.latency_ms, t.algorithm,
+                             t.seed)
         powersgd = t.powersgd.model_copy(update={"start_iter": min(t.powersgd.start_iter, 2)})
         localsgd = t.localsgd.model_copy(update={"warmup_steps": min(t.localsgd.warmup_steps, 2),
                                                  "period": min(t.localsgd.period, 2)})
         out.setdefault(trial_id, t.model_copy(update={
-            "workers": workers, "hardware": "cpu", "cpus_per_worker": 1, "schedule": sched, "data": data,
+            "workers": workers, "hardware": "cpu", "cpus_per_worker": 1, "accelerator_type": None,
+            "schedule": sched, "data": data,
             "powersgd": powersgd, "localsgd": localsgd, "trial_id": trial_id}))
     return list(out.values())
 

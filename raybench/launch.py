@@ -8,7 +8,6 @@ raised) until the CPUs are free: trials that fit the cluster, but not all at onc
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +40,7 @@ def run_trial(config: dict[str, Any]) -> None:
         scaling_config=ScalingConfig(
             num_workers=trial.workers, use_gpu=trial.hardware == "gpu",
             resources_per_worker={"CPU": trial.cpus_per_worker} | ({"GPU": 1} if trial.hardware == "gpu" else {}),
+            accelerator_type=trial.accelerator_type if trial.hardware == "gpu" else None,
         ),
         run_config=RunConfig(
             name=trial.trial_id,
@@ -139,9 +139,3 @@ def cluster_capacity() -> dict[str, float]:
     res = ray.cluster_resources()
     return {"CPU": res.get("CPU", 0.0), "GPU": res.get("GPU", 0.0)}
 
-
-def local_capacity() -> dict[str, float]:
-    """What a local in-process Ray will have, known before it starts."""
-    import torch
-
-    return {"CPU": float(os.cpu_count() or 1), "GPU": float(torch.cuda.device_count())}

@@ -48,7 +48,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
-import fcntl
 import functools
 import heapq
 import json
@@ -149,11 +148,13 @@ def default_backend() -> str:
 # namespaces and their processes
 
 
-_libc = ctypes.CDLL(None, use_errno=True)
+@functools.lru_cache(maxsize=None)
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None, use_errno=True)
 
 
 def _setns(fd: int) -> None:
-    if _libc.setns(fd, _CLONE_NEWNET) != 0:
+    if _libc().setns(fd, _CLONE_NEWNET) != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
 
@@ -173,6 +174,8 @@ def _in_netns(path: os.PathLike):
 
 
 def _open_tun(name: str) -> int:
+    import fcntl  # Unix only: imported here so that this module imports anywhere (and tests skip)
+
     fd = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
         fcntl.ioctl(fd, _TUNSETIFF, struct.pack("16sH22x", name.encode(), _IFF_TUN | _IFF_NO_PI))
@@ -421,6 +424,7 @@ class ShapedPair:
             raise NetnsError("backend 'netem': this kernel has no netem qdisc (sch_netem); use backend 'delayline'")
         if self.backend == "delayline" and not _probe()[2]:
             raise NetnsError("backend 'delayline': TUN devices (/dev/net/tun) are not usable here")
+        reap_stale()  # pairs whose owner was killed (SIGKILL) before it could clean up
         self._closed = False
         previous = {s: signal.getsignal(s) for s in (signal.SIGTERM,)}
         try:
@@ -706,8 +710,8 @@ def delayline(fds: tuple[int, int], rate_bps: float, delay_s: float, limit: int,
 
 
 def _delayline_main(args: argparse.Namespace) -> int:
-    _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)  # the links go with the process that built them
-    _libc.prctl(_PR_SET_TIMERSLACK, 1000)  # wake within ~1 us of a packet's due time, not 50 us
+    _libc().prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)  # the links go with the process that built them
+    _libc().prctl(_PR_SET_TIMERSLACK, 1000)  # wake within ~1 us of a packet's due time, not 50 us
     with contextlib.suppress(OSError, AttributeError):  # like the kernel's softirq: ahead of the trainers
         os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(10))
     fds = []

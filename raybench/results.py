@@ -31,6 +31,7 @@ COLUMNS: dict[str, tuple[pa.DataType, str]] = {
     "device_name": (pa.string(), "CPU model or GPU name the worker ran on"),
     "workers": (pa.int32(), "number of data-parallel workers"),
     "cpus_per_worker": (pa.int32(), "CPU cores (torch threads) per worker"),
+    "precision": (pa.string(), "fp32, or bf16 (autocast for forward and loss)"),
     "bandwidth_mbps": (pa.float64(), "simulated link bandwidth in Mbit/s; null = unlimited"),
     "latency_ms": (pa.float64(), "simulated one-way link latency in ms"),
     "batch_per_worker": (pa.int32(), "images per worker per step"),

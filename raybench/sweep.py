@@ -137,7 +137,16 @@ def plan(args: argparse.Namespace) -> Plan:
         cifar.load(root)  # checks files, shapes and labels now rather than in every worker
     if args.address:
         _check_address(args.address)
+    else:
+        check_fits(trials, local_capacity(), "this machine")
     return Plan(spec, trials, done, sweep_dir, root, local)
+
+
+def local_capacity() -> dict[str, float]:
+    """What a local in-process Ray will have, known before it starts."""
+    import torch
+
+    return {"CPU": float(os.cpu_count() or 1), "GPU": float(torch.cuda.device_count())}
 
 
 def trial_table(trials: list[cfg.TrialSpec]) -> str:
@@ -178,14 +187,26 @@ def main(argv: list[str] | None = None) -> int:
     todo = [t for t in p.trials if t.trial_id not in p.done]
     if p.done:
         print(f"{len(p.done)} trial(s) already complete in {p.sweep_dir}/, not run again")
-    if args.dry_run or not todo:
+    if (args.dry_run and not args.address) or not todo:
         return 0
 
     from raybench import launch  # imports Ray: only once the input is known to be good
 
+    if args.dry_run:  # a cluster's resources are known only by asking it
+        started = launch.init_ray(args.address)
+        try:
+            check_fits(p.trials, launch.cluster_capacity(), f"the cluster at {args.address}")
+        except cfg.ConfigError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        finally:
+            if started:
+                import ray
+
+                ray.shutdown()
+        return 0
+
     try:
-        if not args.address:
-            check_fits(todo, launch.local_capacity(), "this machine")
         if not p.local_data:
             cifar.download_official(p.data_root)
     except (cfg.ConfigError, cifar.DataError) as e:

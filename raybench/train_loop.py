@@ -118,8 +118,14 @@ def train_epoch(ddp: DDP, hook: LinkHook, opt, sched, ds: cifar.Cifar10, trial: 
     loss_sum = torch.zeros((), device=worker.device)
     correct = torch.zeros((), device=worker.device, dtype=torch.long)
     hook.take_stats()
+    cuda = worker.device.type == "cuda"
+    fmt = torch.channels_last if cuda else torch.contiguous_format
+    autocast = torch.autocast(worker.device.type, dtype=torch.bfloat16, enabled=trial.precision == "bf16")
     if worker.world > 1:
         dist.barrier()
+    if cuda:  # on the GPU, CUDA events time what the device did
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
     t0 = time.perf_counter()
     done, cut = 0, False
     for step in range(steps):
@@ -127,10 +133,11 @@ def train_epoch(ddp: DDP, hook: LinkHook, opt, sched, ds: cifar.Cifar10, trial: 
             cut = True
             break
         batch = idx[step * bs:(step + 1) * bs]
-        x = cifar.normalize(cifar.augment(ds.train_x[batch], aug))
+        x = cifar.normalize(cifar.augment(ds.train_x[batch], aug)).contiguous(memory_format=fmt)
         y = ds.train_y[batch]
-        out = ddp(x)
-        loss = F.cross_entropy(out, y)
+        with autocast:
+            out = ddp(x)
+            loss = F.cross_entropy(out, y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         hook.end_step()
@@ -141,9 +148,11 @@ def train_epoch(ddp: DDP, hook: LinkHook, opt, sched, ds: cifar.Cifar10, trial: 
         loss_sum += loss.detach() * len(y)
         correct += (out.argmax(1) == y).sum()
         done += 1
-    if worker.device.type == "cuda":
-        torch.cuda.synchronize(worker.device)
     seconds = time.perf_counter() - t0
+    if cuda:
+        end.record()
+        end.synchronize()
+        seconds = start.elapsed_time(end) / 1e3
     comm = hook.take_stats()
     return {"seconds": seconds, "images": done * bs, "loss_sum": float(loss_sum), "correct": int(correct),
             "comm_seconds": comm.comm_seconds, "simulated_delay_seconds": comm.simulated_delay_seconds, "cut": cut}
@@ -223,7 +232,8 @@ def run(trial: TrialSpec, worker: Worker, ds: cifar.Cifar10, run_id: str, report
             "sweep": trial.sweep, "run_id": run_id, "trial_id": trial.trial_id, "model": trial.model_name,
             "depth": trial.depth, "version": trial.version, "algorithm": trial.algorithm,
             "hardware": trial.hardware, "device_name": name, "workers": trial.workers,
-            "cpus_per_worker": trial.cpus_per_worker, "bandwidth_mbps": trial.bandwidth_mbps,
+            "cpus_per_worker": trial.cpus_per_worker, "precision": trial.precision,
+            "bandwidth_mbps": trial.bandwidth_mbps,
             "latency_ms": trial.latency_ms, "batch_per_worker": trial.schedule.batch_per_worker,
             "global_batch": trial.global_batch, "lr": opt.param_groups[0]["lr"], "seed": trial.seed,
             "epoch": epoch, "train_seconds": train_seconds, "epoch_seconds": tr["seconds"],

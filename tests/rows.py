@@ -60,6 +60,7 @@ def epoch_rows(spec: config.TrialSpec, top1: Sequence[float], epoch_seconds: flo
             "sweep": spec.sweep, "run_id": run_id, "trial_id": spec.trial_id, "model": spec.model_name,
             "depth": spec.depth, "version": spec.version, "algorithm": spec.algorithm, "hardware": spec.hardware,
             "device_name": DEVICE, "workers": spec.workers, "cpus_per_worker": spec.cpus_per_worker,
+            "precision": spec.precision,
             "bandwidth_mbps": spec.bandwidth_mbps, "latency_ms": spec.latency_ms,
             "batch_per_worker": spec.schedule.batch_per_worker, "global_batch": spec.global_batch, "lr": 0.1,
             "seed": spec.seed, "epoch": i + 1, "train_seconds": total, "epoch_seconds": secs, "eval_seconds": 1.5,

@@ -53,9 +53,25 @@ def test_the_error_example_is_what_the_cli_prints(tmp_path):
 
 
 def test_dry_run_prints_the_trial_table_and_starts_nothing(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "raybench.sweep", "scalability", "--dry-run",
+    proc = subprocess.run([sys.executable, "-m", "raybench.sweep", "network", "--smoke", "--dry-run",
                            "--results", str(tmp_path / "r")], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
-    assert "sweep scalability: 4 trial(s)" in proc.stdout
-    assert proc.stdout.count("resnet20v1_w") == 4
+    assert "sweep network: 12 trial(s)" in proc.stdout  # 2, 4 and 8 workers collapse onto 2 under --smoke
+    assert proc.stdout.count("resnet20v1_w2") == 12
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("fields, needs", [
+    ({"workers": [1, 2, 64]}, "workers 64 x cpus_per_worker 1 needs 64 CPUs; this machine has"),
+    ({"hardware": ["gpu"]}, "hardware 'gpu' with 1 workers needs 1 GPU(s); this machine has 0"),
+])
+def test_dry_run_rejects_trials_this_machine_cannot_hold(tmp_path, fields, needs):
+    import torch
+
+    if "gpu" in str(fields) and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    f = write_sweep(tmp_path / "big.yaml", name="big", **fields)
+    proc = subprocess.run([sys.executable, "-m", "raybench.sweep", str(f), "--dry-run"], capture_output=True,
+                          text=True)
+    assert proc.returncode == 2
+    assert needs in proc.stderr

@@ -82,3 +82,10 @@ def test_restore_continues_from_the_checkpoint(ds, tmp_path):
     full = collect(t, ds)  # the same two epochs without the interruption
     assert rows[0]["lr"] == full[1]["lr"]
     assert rows[0]["train_loss"] == pytest.approx(full[1]["train_loss"], rel=1e-4)
+
+
+def test_bf16_autocast_trains_and_is_recorded(ds):
+    t = trial(time_budget_s=None, epochs=1).model_copy(update={"precision": "bf16"})
+    (row,) = collect(t, ds)
+    assert row["precision"] == "bf16" and row["train_loss"] == row["train_loss"]  # finite, recorded
+    assert 0 <= row["test_top1"] <= 1
