@@ -130,6 +130,9 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> bool:
     if address:
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
     else:
+        # Ray's gRPC ports listen on every interface (Ray 2.60 cannot keep them on loopback); a new
+        # local cluster has token authentication on by default, so they refuse callers without
+        # this machine's token (~/.ray/auth_token). tests/test_e2e.py checks both.
         ray.init(num_cpus=num_cpus, runtime_env=runtime_env, dashboard_host="127.0.0.1",
                  _node_ip_address="127.0.0.1", include_dashboard=None)
     return True

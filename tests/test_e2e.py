@@ -1,5 +1,7 @@
 """End to end on a real local Ray (2 CPUs), real gloo DDP, real Parquet: one Ray session for the module."""
 import copy
+import os
+import subprocess
 import json
 import sys
 
@@ -159,3 +161,28 @@ def test_algorithms_smoke_sweep_charges_the_bytes_each_algorithm_sends(cifar_dir
     assert per_step["powersgd"] / per_step["allreduce"] == pytest.approx(
         powersgd_wire_elements(shapes, rank=2) / full, rel=0.10)
     assert per_step["localsgd"] < per_step["allreduce"]  # parameters averaged every 2nd step only
+
+
+def test_local_ray_listens_on_loopback_or_requires_the_token(tmp_path):
+    """The dashboard binds 127.0.0.1 only. Ray 2.60's gRPC servers listen on every interface with no
+    option to keep them on loopback, so the local run turns token authentication on: a caller without
+    the token is refused (checked over 127.0.0.1 only)."""
+    import psutil
+
+    ctx = ray.get_runtime_context()
+    dashboard = ray._private.worker._global_node.address_info["webui_url"]
+    host, port = dashboard.rsplit(":", 1)
+    assert host == "127.0.0.1"
+    ours = {p.pid for p in psutil.Process().children(recursive=True)} | {os.getpid()}
+    listening = [c for c in psutil.net_connections("inet") if c.status == "LISTEN" and c.pid in ours]
+    assert {c.laddr.ip for c in listening if c.laddr.port == int(port)} == {"127.0.0.1"}
+    gcs_port = int(ctx.gcs_address.rsplit(":", 1)[1])
+    stranger = tmp_path / "wrong_token"
+    stranger.write_text("0" * 64)
+    probe = ("import ray, sys\n"
+             f"try:\n    ray.init(address='127.0.0.1:{gcs_port}', logging_level='ERROR')\n"
+             "except Exception as e:\n    print(type(e).__name__, e); sys.exit(3)\n")
+    env = os.environ | {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(stranger)}
+    proc = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    assert "auth" in (proc.stdout + proc.stderr).lower()

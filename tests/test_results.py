@@ -1,6 +1,7 @@
 """The Parquet schema, atomic trial files, and reading a results folder."""
 import json
 import os
+import subprocess
 from datetime import datetime, timezone
 
 import pandas as pd
@@ -90,3 +91,29 @@ def test_metrics_round_trip_through_one_json_field():
     assert back["trial_id"] == "t1" and back["bandwidth_mbps"] == 100.0
     assert isinstance(back["timestamp"], datetime)
     assert results.from_metrics({"other": 1}) is None
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A real 256 KiB filesystem (tmpfs), so that a write fails with ENOSPC midway."""
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)], capture_output=True,
+                          text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({proc.stderr.strip()}): needs root")
+    yield mnt
+    subprocess.run(["umount", str(mnt)], check=False)
+
+
+def test_a_full_disk_midway_leaves_earlier_files_readable_and_unchanged(tiny_disk):
+    first, second = results.trial_path(tiny_disk, "t1"), results.trial_path(tiny_disk, "t2")
+    results.write_trial(first, results.to_table([row(1), row(2)], META))
+    results.write_trial(second, results.to_table([row(1, "t2")], META))
+    before = {p: p.read_bytes() for p in (first, second)}
+    big = [row(e, "t2", device_name=os.urandom(4000).hex()) for e in range(1, 200)]  # ~1.6 MB: cannot fit
+    with pytest.raises(OSError):
+        results.write_trial(second, results.to_table(big, META))
+    assert {p: p.read_bytes() for p in (first, second)} == before
+    assert sorted(os.listdir(tiny_disk)) == ["t1.parquet", "t2.parquet"]  # no temporary file left behind
+    assert len(results.read_results(tiny_disk)) == 3
