@@ -58,7 +58,7 @@ class ParquetWriter(tune.Callback):
     after each one. An epoch already written is never written again (a restart that reports it
     twice changes nothing)."""
 
-    def __init__(self, sweep_dir: Path, dataset: str) -> None:
+    def __init__(self, sweep_dir: str | Path, dataset: str) -> None:
         self.sweep_dir = sweep_dir
         self.dataset = dataset
         self._rows: dict[str, dict[int, dict[str, Any]]] = {}
@@ -74,7 +74,7 @@ class ParquetWriter(tune.Callback):
     def _load(self, spec: TrialSpec) -> dict[int, dict[str, Any]]:
         if spec.trial_id not in self._rows:
             path = results.trial_path(self.sweep_dir, spec.trial_id)
-            rows = results.read_trial(path)[0] if path.exists() else []
+            rows = results.read_trial(path)[0] if results.exists(path) else []
             self._rows[spec.trial_id] = {r["epoch"]: r for r in rows}
         return self._rows[spec.trial_id]
 
@@ -99,10 +99,11 @@ class ParquetWriter(tune.Callback):
             self._write(spec, results.STATUS_COMPLETE)
 
 
-def run_sweep(trials: list[TrialSpec], sweep_dir: Path, data: str | None, dataset: str, run_id: str,
+def run_sweep(trials: list[TrialSpec], sweep_dir: str | Path, data: str | None, dataset: str, run_id: str,
               max_failures: int = 0) -> tune.ResultGrid:
     """Run every trial under Tune (Ray must be initialised) and return Tune's result grid."""
-    storage = str((sweep_dir / RAY_DIR).resolve())
+    storage = str(results.join(sweep_dir, RAY_DIR)) if results.is_uri(sweep_dir) else str(
+        (Path(sweep_dir) / RAY_DIR).resolve())
     param_space = {
         "trial": tune.grid_search([t.model_dump(mode="json") for t in trials]),
         "data": data, "run_id": run_id, "storage_path": storage, "max_failures": max_failures,

@@ -14,6 +14,7 @@ from typing import Any, Iterable, Mapping
 
 import pyarrow as pa
 import pyarrow.dataset as pads
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 import raybench
@@ -103,8 +104,36 @@ def from_metrics(metrics: Mapping[str, Any]) -> dict[str, Any] | None:
     return row
 
 
-def trial_path(sweep_dir: str | os.PathLike, trial_id: str) -> Path:
-    return Path(sweep_dir) / f"{trial_id}.parquet"
+def is_uri(path: str | os.PathLike) -> bool:
+    """A results location on a pyarrow filesystem (s3://, gs://, file://...) rather than a local path."""
+    return "://" in str(path)
+
+
+def _fs(path: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
+    return pafs.FileSystem.from_uri(str(path)) if is_uri(path) else (pafs.LocalFileSystem(), str(path))
+
+
+def join(folder: str | os.PathLike, name: str) -> str | Path:
+    """``folder/name`` for a local path or a URI."""
+    return f"{str(folder).rstrip('/')}/{name}" if is_uri(folder) else Path(folder) / name
+
+
+def trial_path(sweep_dir: str | os.PathLike, trial_id: str) -> str | Path:
+    return join(sweep_dir, f"{trial_id}.parquet")
+
+
+def exists(path: str | os.PathLike) -> bool:
+    fs, p = _fs(path)
+    return fs.get_file_info(p).type != pafs.FileType.NotFound
+
+
+def trial_files(sweep_dir: str | os.PathLike) -> list[str | Path]:
+    """The trial files in a sweep folder (not Ray's state, not temporary files)."""
+    fs, p = _fs(sweep_dir)
+    infos = fs.get_file_info(pafs.FileSelector(p, allow_not_found=True))
+    names = sorted(i.base_name for i in infos if i.type == pafs.FileType.File and i.base_name.endswith(".parquet")
+                   and not i.base_name.startswith((".", "_")))
+    return [join(sweep_dir, n) for n in names]
 
 
 def to_table(rows: Iterable[Mapping[str, Any]], metadata: Mapping[bytes, str]) -> pa.Table:
@@ -122,8 +151,15 @@ def write_trial(path: str | os.PathLike, table: pa.Table) -> None:
     """Write a trial's whole file atomically: a temporary name in the same folder, fsync, rename.
 
     A reader sees the old file or the new one, never half of one; if the write fails the old file
-    stays as it was and the temporary file is removed.
+    stays as it was and the temporary file is removed. On a URI (s3://, gs://) the file is written
+    as one object, which object stores also replace atomically.
     """
+    if is_uri(path):
+        fs, p = _fs(path)
+        fs.create_dir(p.rsplit("/", 1)[0], recursive=True)
+        with fs.open_output_stream(p) as out:
+            pq.write_table(table, out)
+        return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -144,7 +180,8 @@ def write_trial(path: str | os.PathLike, table: pa.Table) -> None:
 
 def read_trial(path: str | os.PathLike) -> tuple[list[dict[str, Any]], dict[str, str]]:
     """A trial file's rows and its metadata (keys and values as text)."""
-    table = pq.read_table(path)
+    fs, p = _fs(path)
+    table = pq.read_table(p, filesystem=fs)
     meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items() if k.startswith(b"raybench.")}
     return table.to_pylist(), meta
 
@@ -159,5 +196,6 @@ def read_results(path: str | os.PathLike):
     Same result as ``pd.read_parquet(path)`` on a sweep folder; files and folders whose names start
     with ``_`` or ``.`` (Ray's run state, temporary files) are not part of the dataset.
     """
-    dataset = pads.dataset(str(path), format="parquet", schema=SCHEMA, ignore_prefixes=[".", "_"])
+    fs, p = _fs(path)
+    dataset = pads.dataset(p, filesystem=fs, format="parquet", schema=SCHEMA, ignore_prefixes=[".", "_"])
     return dataset.to_table().to_pandas()

@@ -51,7 +51,7 @@ class Plan:
     spec: cfg.SweepSpec
     trials: list[cfg.TrialSpec]
     done: list[str]  # trial ids whose results are complete
-    sweep_dir: Path
+    sweep_dir: str | Path  # a local folder or a URI (s3://, gs://)
     data_root: Path
     local_data: bool
 
@@ -66,7 +66,7 @@ def _check_results(results_dir: Path) -> None:
             return
 
 
-def _earlier_results(trials: list[cfg.TrialSpec], sweep_dir: Path) -> list[str]:
+def _earlier_results(trials: list[cfg.TrialSpec], sweep_dir: str | Path) -> list[str]:
     """Trial ids already complete in ``sweep_dir``; a file written by another configuration of the
     same trial id is an error (its rows would mix with the new ones)."""
     from raybench import results
@@ -74,7 +74,7 @@ def _earlier_results(trials: list[cfg.TrialSpec], sweep_dir: Path) -> list[str]:
     done = []
     for t in trials:
         path = results.trial_path(sweep_dir, t.trial_id)
-        if not path.exists():
+        if not results.exists(path):
             continue
         try:
             _, meta = results.read_trial(path)
@@ -126,11 +126,18 @@ def plan(args: argparse.Namespace) -> Plan:
     if len(trials) > args.max_trials and not args.yes:
         raise cfg.ConfigError(f"{args.sweep}: the grid has {len(trials)} trials, more than --max-trials "
                               f"{args.max_trials}; pass --yes to run them all, or make the grid smaller")
-    results_dir = Path(args.results)
-    _check_results(results_dir)
-    sweep_dir = results_dir / spec.name
+    from raybench import results
+
+    if results.is_uri(args.results):
+        try:
+            results.exists(args.results)
+        except Exception as e:  # unknown scheme, no credentials, unreachable store
+            raise cfg.ConfigError(f"--results {args.results}: cannot be reached ({type(e).__name__}: {e})") from None
+    else:
+        _check_results(Path(args.results))
+    sweep_dir = results.join(args.results, spec.name)
     done = _earlier_results(trials, sweep_dir)
-    if args.resume and not any(sweep_dir.glob("*.parquet")):
+    if args.resume and not results.trial_files(sweep_dir):
         raise cfg.ConfigError(f"--resume: nothing to resume in {sweep_dir} (no trial files there)")
     root, local = cifar.data_root(args.data)
     if local:

@@ -39,12 +39,15 @@ def test_smoke_scalability_writes_one_row_per_trial_and_epoch(cifar_dir, tmp_pat
 
 
 def test_learning_happens_on_2000_images(cifar_dir, tmp_path):
+    """Also: --results takes a URI (pyarrow filesystems, as for s3:// or gs://); file:// here."""
     f = write_sweep(tmp_path / "learn.yaml", name="learn", workers=[2],
                     schedule={"batch_per_worker": 32, "lr_per_256": 0.4, "warmup_epochs": 0, "milestones": [],
                               "epochs": 3},
                     data={"train_images": 2000, "test_images": 1000}, seed=0)
-    assert sweep.main([str(f), "--data", str(cifar_dir), "--results", str(tmp_path)]) == 0
-    df = results.read_results(tmp_path / "learn").sort_values("epoch")
+    assert sweep.main([str(f), "--data", str(cifar_dir), "--results", f"file://{tmp_path}/uri"]) == 0
+    assert results.trial_files(f"file://{tmp_path}/uri/learn") == [
+        f"file://{tmp_path}/uri/learn/resnet20v1_w2_cpu_bwinf_lat0_allreduce_s0.parquet"]
+    df = pd.read_parquet(tmp_path / "uri" / "learn").sort_values("epoch")
     assert list(df.epoch) == [1, 2, 3]
     assert df.test_top1.iloc[-1] > 0.2, df[["epoch", "train_top1", "test_top1"]]
 

@@ -117,3 +117,14 @@ def test_a_full_disk_midway_leaves_earlier_files_readable_and_unchanged(tiny_dis
     assert {p: p.read_bytes() for p in (first, second)} == before
     assert sorted(os.listdir(tiny_disk)) == ["t1.parquet", "t2.parquet"]  # no temporary file left behind
     assert len(results.read_results(tiny_disk)) == 3
+
+
+def test_uris_go_through_pyarrow_filesystems(tmp_path):
+    uri = f"file://{tmp_path}/bucket/sweep"
+    path = results.trial_path(uri, "t1")
+    assert path == f"{uri}/t1.parquet" and not results.exists(path)
+    results.write_trial(path, results.to_table([row(1), row(2)], META))
+    assert results.exists(path) and results.trial_files(uri) == [path]
+    rows, meta = results.read_trial(path)
+    assert [r["epoch"] for r in rows] == [1, 2] and meta["raybench.status"] == "complete"
+    assert len(results.read_results(uri)) == 2 == len(pd.read_parquet(tmp_path / "bucket" / "sweep"))
