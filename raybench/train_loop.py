@@ -173,9 +173,9 @@ def evaluate(model: torch.nn.Module, ds: cifar.Cifar10, worker: Worker, batch: i
 
 
 def _sum_over_ranks(values: list[float], worker: Worker) -> list[float]:
-    t = torch.tensor(values, dtype=torch.float64)
+    t = torch.tensor(values, dtype=torch.float64, device=worker.device)  # NCCL reduces device tensors only
     if worker.world > 1:
-        dist.all_reduce(t)  # a CPU tensor: gloo; on NCCL, move it (see below)
+        dist.all_reduce(t)
     return t.tolist()
 
 
