@@ -98,30 +98,57 @@ def data_root(data: str | os.PathLike | None) -> tuple[Path, bool]:
     return Path(data).expanduser().resolve(), True
 
 
+def _source(root: Path) -> str:
+    """How the user named a local copy, for messages: --data, or the environment variable."""
+    return f"{ENV_VAR}={root}" if os.environ.get(ENV_VAR) and Path(os.environ[ENV_VAR]).expanduser().resolve() == root \
+        else f"--data {root}"
+
+
 def check_local(root: Path) -> None:
     """Fail early, naming the path, when a local copy is not there (cheap: no file is read)."""
     folder = root / BATCHES
     if not root.is_dir():
-        raise DataError(f"--data {root}: no such folder; it must hold {BATCHES}/")
+        raise DataError(f"{_source(root)}: no such folder; it must hold {BATCHES}/")
     missing = [n for n in TRAIN_FILES + TEST_FILES if not (folder / n).is_file()]
     if missing:
-        raise DataError(f"--data {root}: {BATCHES}/ lacks {', '.join(missing)}")
+        raise DataError(f"{_source(root)}: {BATCHES}/ lacks {', '.join(missing)}")
+
+
+DOWNLOAD_TIMEOUT_S = 60  # per network operation; torchvision's urlopen has none of its own
 
 
 def download_official(root: Path = DEFAULT_CACHE) -> None:
     """The official python archive through torchvision, which checks its md5 sums."""
-    from filelock import FileLock
-    from torchvision.datasets import CIFAR10
+    import socket
 
+    from filelock import FileLock, Timeout
+    from torchvision.datasets import CIFAR10
+    from torchvision.datasets.utils import check_integrity
+
+    hint = f"with no network, pass --data DIR (or set {ENV_VAR}) to a folder holding {BATCHES}/"
+    folder = root / BATCHES
+    cached = [folder / name for name, _ in CIFAR10.train_list + CIFAR10.test_list]
+    if all(p.is_file() for p in cached):
+        bad = [p.name for (name, md5), p in zip(CIFAR10.train_list + CIFAR10.test_list, cached)
+               if not check_integrity(str(p), md5)]
+        if not bad:
+            return
+        raise DataError(f"{folder}: {', '.join(bad)} failed the official md5 check; delete {folder} to download "
+                        f"it again, or, for a copy that is not the official release, {hint}")
     root.mkdir(parents=True, exist_ok=True)
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
     try:
-        with FileLock(str(root / ".download.lock")):  # workers on one node share the cache
+        with FileLock(str(root / ".download.lock"), timeout=3600):  # workers on one node share the cache
             CIFAR10(str(root), train=True, download=True)
+    except Timeout:
+        raise DataError(f"{root}: another process has held the download lock for an hour") from None
     except RuntimeError as e:  # torchvision: "File not found or corrupted." on a bad md5
-        raise DataError(f"CIFAR-10 download into {root} failed its md5 check: {e}") from None
+        raise DataError(f"CIFAR-10 downloaded into {root} failed its md5 check ({e}); {hint}") from None
     except OSError as e:
-        raise DataError(f"CIFAR-10 could not be downloaded into {root} ({e}); with no network, pass "
-                        f"--data DIR (or set {ENV_VAR}) to a folder holding {BATCHES}/") from None
+        raise DataError(f"CIFAR-10 could not be downloaded into {root} ({e}); {hint}") from None
+    finally:
+        socket.setdefaulttimeout(previous)
 
 
 def load(data: str | os.PathLike | None = None) -> Cifar10:

@@ -116,9 +116,6 @@ def plan(args: argparse.Namespace) -> Plan:
     trials = cfg.expand(spec)
     if args.smoke:
         trials = cfg.smoke(trials)
-        if not trials:
-            raise cfg.ConfigError(f"{args.sweep}: --smoke keeps trials with at most {cfg.SMOKE_MAX_WORKERS} "
-                                  f"workers, and this sweep has none (workers: {spec.workers})")
     if args.max_failures < 0:
         raise cfg.ConfigError(f"--max-failures {args.max_failures}: must be 0 or more")
     if args.max_trials < 1:
@@ -142,6 +139,8 @@ def plan(args: argparse.Namespace) -> Plan:
     root, local = cifar.data_root(args.data)
     if local:
         cifar.load(root)  # checks files, shapes and labels now rather than in every worker
+    elif not args.dry_run:
+        cifar.download_official(root)  # md5-checked; before Ray, so a bad download starts nothing
     if args.address:
         _check_address(args.address)
     else:
@@ -212,13 +211,6 @@ def main(argv: list[str] | None = None) -> int:
 
                 ray.shutdown()
         return 0
-
-    try:
-        if not p.local_data:
-            cifar.download_official(p.data_root)
-    except (cfg.ConfigError, cifar.DataError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_BAD_INPUT
 
     run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:6]
     started = launch.init_ray(args.address)
