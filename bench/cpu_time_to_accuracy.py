@@ -154,6 +154,8 @@ def calibrate(args: argparse.Namespace, out: Path) -> None:
 
 
 def full_run(args: argparse.Namespace, out: Path) -> None:
+    import pandas as pd
+
     from raybench.metrics import time_to_accuracy
 
     spec = sweep_spec("cpu_tta", args.workers, args.cpus_per_worker, args.batch, args.lr_per_256,
@@ -170,8 +172,17 @@ def full_run(args: argparse.Namespace, out: Path) -> None:
         print(f"{r.epoch:>5} {r.epoch_seconds:>8.1f} {r.train_seconds:>13.1f} {r.lr:>8.4f} {r.train_top1:>10.4f} "
               f"{r.test_top1:>9.4f}")
     best = df.loc[df.test_top1.idxmax()]
-    print(f"load average during the run (1-min, {load['cpus']} CPUs, sampled every 15 s): min {load['min']}, "
+    invocations = int(df.run_id.nunique())
+    started = pd.Timestamp.now(tz="UTC") - pd.Timedelta(seconds=wall)
+    here = df.epoch[pd.to_datetime(df.timestamp, utc=True) >= started]
+    this_run = ("the run" if invocations == 1 and len(here) == len(df) else
+                f"this invocation only (epochs {here.min()}-{here.max()})" if len(here) else
+                "this invocation only (it trained no epoch: the trial was already complete)")
+    print(f"load average during {this_run} (1-min, {load['cpus']} CPUs, sampled every 15 s): min {load['min']}, "
           f"mean {load['mean']}, max {load['max']}; after: {uptime()}")
+    if invocations > 1:
+        print(f"note: the trial ran in {invocations} invocations (resumed from its checkpoints); train_seconds "
+              f"counts only the epochs recorded, not work lost to an interruption")
     print(json.dumps({
         "bench": "cpu_time_to_accuracy", "mode": "full", "dataset": dataset, "model": "resnet20_v1",
         "target_top1": args.target, "time_to_80": None if tta is None else round(tta, 1),
@@ -180,8 +191,9 @@ def full_run(args: argparse.Namespace, out: Path) -> None:
         "best_top1": round(float(best.test_top1), 4), "best_epoch": int(best.epoch),
         "epochs_run": int(df.epoch.max()), "train_seconds_total": round(float(df.train_seconds.iloc[-1]), 1),
         "eval_seconds_total": round(float(df.eval_seconds.sum()), 1),
-        "mean_images_per_second": round(float(df.images_per_second.mean()), 1), "wall_seconds": round(wall, 1),
-        "device_name": str(df.device_name.iloc[0]), "load": load,
+        "mean_images_per_second": round(float(df.images_per_second.mean()), 1), "invocations": invocations,
+        "wall_seconds_this_invocation": round(wall, 1), "device_name": str(df.device_name.iloc[0]),
+        "load_this_invocation": load,
         "settings": {"workers": args.workers, "cpus_per_worker": args.cpus_per_worker,
                      "global_batch": args.workers * args.batch, **spec["schedule"]},
         "results": str(out / spec["name"]), "command": "python " + shlex.join(sys.argv),

@@ -226,25 +226,28 @@ def _fixed(arch: str) -> bool:
 
 
 def _trial_id(arch: str, depth: int, version: str, workers: int, hardware: str, bw: float | None, lat: float,
-              algorithm: str, seed: int) -> str:
+              algorithm: str, seed: int, precision: str = "fp32") -> str:
     bw_s = "inf" if bw is None else f"{bw:g}"
     model = arch if _fixed(arch) else f"{arch}{depth}{version}"
-    return f"{model}_w{workers}_{hardware}_bw{bw_s}_lat{lat:g}_{algorithm}_s{seed}"
+    prec = "" if precision == "fp32" else f"_{precision}"
+    return f"{model}_w{workers}_{hardware}{prec}_bw{bw_s}_lat{lat:g}_{algorithm}_s{seed}"
 
 
 def expand(spec: SweepSpec) -> list[TrialSpec]:
     """The grid: every combination of the list-valued fields is one trial, in a stable order."""
     trials = []
-    for depth, version, workers, hardware, bw, lat, algorithm, seed in itertools.product(
-        spec.model.depth, spec.model.version, spec.workers, spec.hardware, spec.network.bandwidth_mbps,
-        spec.network.latency_ms, spec.algorithm, spec.seed,
+    for depth, version, workers, hardware, precision, bw, lat, algorithm, seed in itertools.product(
+        spec.model.depth, spec.model.version, spec.workers, spec.hardware, spec.precision,
+        spec.network.bandwidth_mbps, spec.network.latency_ms, spec.algorithm, spec.seed,
     ):
         bw_value = None if bw == UNLIMITED else float(bw)
         trials.append(TrialSpec(
             sweep=spec.name,
-            trial_id=_trial_id(spec.model.arch, depth, version, workers, hardware, bw_value, lat, algorithm, seed),
+            trial_id=_trial_id(spec.model.arch, depth, version, workers, hardware, bw_value, lat, algorithm, seed,
+                               precision),
             arch=spec.model.arch, depth=depth, version=version, workers=workers, hardware=hardware,
-            cpus_per_worker=spec.cpus_per_worker, bandwidth_mbps=bw_value, latency_ms=float(lat),
+            cpus_per_worker=spec.cpus_per_worker, accelerator_type=spec.accelerator_type, precision=precision,
+            bandwidth_mbps=bw_value, latency_ms=float(lat),
             algorithm=algorithm, powersgd=spec.powersgd, localsgd=spec.localsgd, seed=seed, schedule=spec.schedule,
             goal=spec.goal, data=spec.data,
         ))
@@ -266,7 +269,7 @@ def smoke(trials: list[TrialSpec]) -> list[TrialSpec]:
         data = DataSubset(train_images=min(t.data.train_images or SMOKE_TRAIN_IMAGES, SMOKE_TRAIN_IMAGES),
                           test_images=min(t.data.test_images or SMOKE_TEST_IMAGES, SMOKE_TEST_IMAGES))
         trial_id = _trial_id(t.arch, t.depth, t.version, workers, "cpu", t.bandwidth_mbps, t.latency_ms, t.algorithm,
-                             t.seed)
+                             t.seed, t.precision)
         powersgd = t.powersgd.model_copy(update={"start_iter": min(t.powersgd.start_iter, 2)})
         localsgd = t.localsgd.model_copy(update={"warmup_steps": min(t.localsgd.warmup_steps, 2),
                                                  "period": min(t.localsgd.period, 2)})

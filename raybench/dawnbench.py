@@ -57,11 +57,13 @@ def framework_name(versions: dict[str, str]) -> str:
 
 
 def model_name(arch: str, depth: int, version: str) -> str:
+    if arch == "resnet9":  # one depth and one version only
+        return "ResNet-9"
     return f"ResNet-{depth} {version}" if arch == "resnet" else f"{arch}{depth} {version}"
 
 
 def model_tag(arch: str, depth: int, version: str, workers: int) -> str:
-    return f"{arch}{depth}{version}-w{workers}"
+    return f"{arch if arch == 'resnet9' else f'{arch}{depth}{version}'}-w{workers}"
 
 
 def today() -> str:

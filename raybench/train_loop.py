@@ -127,7 +127,7 @@ def train_epoch(ddp: DDP, hook: LinkHook, opt, sched, ds: cifar.Cifar10, trial: 
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
     t0 = time.perf_counter()
-    done, cut = 0, False
+    done, cut, lr = 0, False, opt.param_groups[0]["lr"]
     for step in range(steps):
         if budget_left is not None and step > 0 and _budget_spent(t0, budget_left, worker):
             cut = True
@@ -144,6 +144,7 @@ def train_epoch(ddp: DDP, hook: LinkHook, opt, sched, ds: cifar.Cifar10, trial: 
         opt.step()
         if averager is not None:
             averager.after_step(ddp.module)
+        lr = opt.param_groups[0]["lr"]  # the lr this step used, before the schedule moves on
         sched.step()
         loss_sum += loss.detach() * len(y)
         correct += (out.argmax(1) == y).sum()
@@ -155,7 +156,8 @@ def train_epoch(ddp: DDP, hook: LinkHook, opt, sched, ds: cifar.Cifar10, trial: 
         seconds = start.elapsed_time(end) / 1e3
     comm = hook.take_stats()
     return {"seconds": seconds, "images": done * bs, "loss_sum": float(loss_sum), "correct": int(correct),
-            "comm_seconds": comm.comm_seconds, "simulated_delay_seconds": comm.simulated_delay_seconds, "cut": cut}
+            "comm_seconds": comm.comm_seconds, "simulated_delay_seconds": comm.simulated_delay_seconds, "cut": cut,
+            "lr": lr}
 
 
 @torch.no_grad()
@@ -235,7 +237,7 @@ def run(trial: TrialSpec, worker: Worker, ds: cifar.Cifar10, run_id: str, report
             "cpus_per_worker": trial.cpus_per_worker, "precision": trial.precision,
             "bandwidth_mbps": trial.bandwidth_mbps,
             "latency_ms": trial.latency_ms, "batch_per_worker": trial.schedule.batch_per_worker,
-            "global_batch": trial.global_batch, "lr": opt.param_groups[0]["lr"], "seed": trial.seed,
+            "global_batch": trial.global_batch, "lr": tr["lr"], "seed": trial.seed,
             "epoch": epoch, "train_seconds": train_seconds, "epoch_seconds": tr["seconds"],
             "eval_seconds": eval_seconds, "compute_seconds": max(0.0, tr["seconds"] - tr["comm_seconds"]),
             "comm_seconds": tr["comm_seconds"], "simulated_delay_seconds": tr["simulated_delay_seconds"],

@@ -2,6 +2,7 @@
 import os
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -43,6 +44,24 @@ def ray_session():
     launch.init_ray(None, num_cpus=2)
     yield
     ray.shutdown()
+
+
+@contextmanager
+def one_rank_gloo():
+    """A real gloo process group of one rank in this process, for the loop's code outside Ray."""
+    import socket
+
+    import torch.distributed as dist
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=0, world_size=1)
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
 
 
 def write_sweep(path: Path, **fields) -> Path:

@@ -87,3 +87,11 @@ def test_yaml_is_loaded_safely(tmp_path):
     with pytest.raises(ConfigError, match="not valid YAML"):
         cfg.load(str(p))
     assert not (tmp_path / "pwned").exists()
+
+
+def test_precision_and_accelerator_type_reach_every_trial():
+    trials = cfg.expand(cfg.parse({"name": "p", "precision": ["fp32", "bf16"], "accelerator_type": "A100",
+                                   "hardware": ["gpu"]}))
+    assert [(t.precision, t.accelerator_type) for t in trials] == [("fp32", "A100"), ("bf16", "A100")]
+    assert "_bf16_" in trials[1].trial_id and "_bf16_" not in trials[0].trial_id
+    assert cfg.smoke(trials)[1].precision == "bf16"

@@ -6,15 +6,13 @@ import importlib
 import io
 import os
 import pickle
-import socket
 import subprocess
 import sys
 
 import pytest
 import torch
-import torch.distributed as dist
 
-from conftest import ROOT, write_sweep
+from conftest import ROOT, one_rank_gloo, write_sweep
 from raybench import config as cfg
 from raybench.config import ConfigError
 from raybench.models import build
@@ -153,13 +151,8 @@ def test_dawnbench_smoke_dry_run(tmp_path) -> None:
 
 @pytest.fixture
 def process_group():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=0, world_size=1)
-    yield
-    dist.destroy_process_group()
+    with one_rank_gloo():
+        yield
 
 
 def test_one_epoch_through_the_loop(cifar_dir, process_group) -> None:
@@ -178,3 +171,11 @@ def test_one_epoch_through_the_loop(cifar_dir, process_group) -> None:
     assert row["trial_id"] == "resnet9_w1_cpu_bwinf_lat0_allreduce_s0"
     assert row["images_per_second"] * row["epoch_seconds"] == pytest.approx(64)
     assert 0 <= row["test_top1"] <= 1 and row["train_loss"] > 0
+
+
+def test_dawnbench_export_names_it_resnet9() -> None:
+    from raybench import dawnbench
+
+    assert dawnbench.model_name("resnet9", 9, "v1") == "ResNet-9"
+    assert dawnbench.model_tag("resnet9", 9, "v1", 1) == "resnet9-w1"
+    assert dawnbench.model_tag("resnet", 20, "v1", 2) == "resnet20v1-w2"  # unchanged

@@ -1,12 +1,10 @@
 """The per-worker loop in-process (a real gloo process group of one): goals and checkpoint restore."""
-import os
 import shutil
-import socket
 
 import pytest
 import torch
-import torch.distributed as dist
 
+from conftest import one_rank_gloo
 from raybench import config as cfg
 from raybench import data as cifar
 from raybench.train_loop import Worker, load_state, run
@@ -16,13 +14,8 @@ CPU = Worker(0, 1, torch.device("cpu"))
 
 @pytest.fixture(scope="module", autouse=True)
 def process_group():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=0, world_size=1)
-    yield
-    dist.destroy_process_group()
+    with one_rank_gloo():
+        yield
 
 
 @pytest.fixture(scope="module")
