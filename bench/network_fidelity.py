@@ -14,7 +14,12 @@ The settings that correspond: the model's latency is one-way. Its 2-rank ring al
 costs 2·L + n/B: reduce-scatter, then all-gather, each one trip of n/2 bytes with both ranks
 sending at once. On the shaped link each of those trips costs delay L plus n/2 at rate B each way,
 so the real link is ``delay L rate B`` on *both* ends (netem's syntax; RTT = 2·L), not delay L/2.
-(gloo adds a receiver-ready handshake to every message; see the closing note of the report.)
+Two things the model leaves out, which the "collective" section (one step's two DDP buckets
+all-reduced alone on the shaped link, against the model) shows apart from the training noise:
+gloo's TCP transport only sends a message once the receiver has announced its buffer
+(NOTIFY_RECV_READY), so a lone 2-rank all-reduce costs about 4·L + n/B, not 2·L + n/B; and gloo
+runs the two buckets' all-reduces at once (two worker threads), while the hook queues both
+latency terms one after the other. For ResNet-20's two buckets the two errors about cancel.
 
 The sim and real runs of a point go back to back, in alternating order, so that on a shared
 machine both see about the same load; ``--repeat`` runs every point again (interleaved rounds).
