@@ -156,7 +156,7 @@ def calibrate(args: argparse.Namespace, out: Path) -> None:
 def full_run(args: argparse.Namespace, out: Path) -> None:
     import pandas as pd
 
-    from raybench.metrics import time_to_accuracy
+    from raybench.analysis.metrics import time_to_accuracy
 
     spec = sweep_spec("cpu_tta", args.workers, args.cpus_per_worker, args.batch, args.lr_per_256,
                       args.warmup_epochs, args.milestones, args.gamma, args.epochs, args.weight_decay, args.target,

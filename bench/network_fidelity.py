@@ -4,8 +4,8 @@ The same 2-worker ResNet-20 v1 trial (a fixed CIFAR-10 subset, batch 64 per work
 every (bandwidth, latency) point:
 
 * sim:  a local 2-CPU Ray (its own temp dir), gloo over loopback, the link simulated by the hook in
-        raybench.network (sweep ``network: {bandwidth_mbps: [B], latency_ms: [L]}``);
-* real: a ``raybench.netns.ShapedPair`` (two namespaces, a Ray node with 1 CPU in each, so one
+        raybench.worker.comm.hook (sweep ``network: {bandwidth_mbps: [B], latency_ms: [L]}``);
+* real: a ``raybench.netem.ShapedPair`` (two namespaces, a Ray node with 1 CPU in each, so one
         worker per node), gloo over a link shaped to rate B and one-way delay L in each direction,
         the sweep's network unlimited (the hook adds nothing). One pair serves every point; it is
         reshaped in between.
@@ -48,9 +48,9 @@ sys.path.insert(0, str(REPO))
 
 import pandas as pd  # noqa: E402
 
-from raybench import netns  # noqa: E402
-from raybench.network import Link, allreduce_seconds  # noqa: E402
+from raybench import netem  # noqa: E402
 from raybench.results import read_results  # noqa: E402
+from raybench.worker.comm.link import Link, allreduce_seconds  # noqa: E402
 
 
 def sweep_yaml(name: str, bandwidths: list, latencies: list[float], args: argparse.Namespace) -> str:
@@ -91,7 +91,7 @@ dist.destroy_process_group()
 """
 
 
-def collective(pair: netns.ShapedPair, iters: int = 10) -> dict[str, float]:
+def collective(pair: netem.ShapedPair, iters: int = 10) -> dict[str, float]:
     """Median time of one step's all-reduces (BUCKETS) on the pair's link as shaped now."""
     args = [pair.head_ip, str(iters), ",".join(map(str, BUCKETS))]
     peer = pair.popen_in(pair.work_ns, [sys.executable, "-c", COLLECTIVE, "1", *args],
@@ -158,14 +158,14 @@ def main() -> int:
     p.add_argument("--test-images", type=int, default=512)
     p.add_argument("--batch", type=int, default=64, help="per worker")
     p.add_argument("--repeat", type=int, default=1, help="rounds over all points (interleaved)")
-    p.add_argument("--backend", default="auto", choices=netns.BACKENDS, help="how the real link is shaped")
+    p.add_argument("--backend", default="auto", choices=netem.BACKENDS, help="how the real link is shaped")
     p.add_argument("--only", choices=["sim", "real"], help="run one side only (no ratios)")
     p.add_argument("--no-collective", action="store_true", help="skip the all-reduce-only measurement")
     p.add_argument("--no-training", action="store_true", help="only the all-reduce-only measurement")
     args = p.parse_args()
     if not args.data:
         p.error("--data or RAYBENCH_DATA is required (the offline CIFAR-10 copy)")
-    why = netns.available()
+    why = netem.available()
     if why and args.only != "sim":
         raise SystemExit(f"cannot shape a real link here: {why}")
     out = Path(args.out or tempfile.mkdtemp(prefix="rb-fidelity-")).resolve()
@@ -193,7 +193,7 @@ def main() -> int:
         runs[(b, lat)]["sim"].append(read_results(out / "results" / name))
         runs[(b, lat)]["load"].append(load)
 
-    def real(pair: netns.ShapedPair, b: float, lat: float, k: int) -> None:
+    def real(pair: netem.ShapedPair, b: float, lat: float, k: int) -> None:
         pair.shape(b, lat)
         name = f"fidelity_real_bw{b:g}_lat{lat:g}_r{k}_{next(attempts)}"
         (out / f"{name}.yaml").write_text(sweep_yaml(name, ["unlimited"], [0], args))
@@ -212,7 +212,7 @@ def main() -> int:
 
     backend = None
     coll: dict[tuple[float, float], dict] = {}
-    with (netns.ShapedPair(*points[0], backend=args.backend, start_ray=not args.no_training)
+    with (netem.ShapedPair(*points[0], backend=args.backend, start_ray=not args.no_training)
           if args.only != "sim" else contextlib.nullcontext()) as pair:
         if pair is not None:
             backend = pair.backend

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 import yaml
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from raybench import data as cifar
+from raybench.worker import data as cifar
 from raybench.models import build
 
 

@@ -104,8 +104,8 @@ def _count(minimum: int):
 
 def lr_schedule(config: dict[str, Any]) -> str:
     """The trial's learning-rate schedule in words, from its resolved config."""
-    from raybench.config import Schedule
-    from raybench.schedule import base_lr, peak_lr
+    from raybench.spec.config import Schedule
+    from raybench.spec.schedule import base_lr, peak_lr
 
     s, workers = Schedule.model_validate(config["schedule"]), config["workers"]
     start, peak = base_lr(s), peak_lr(s, workers)
@@ -142,7 +142,8 @@ def hardware_text(given: str | None, rows: Sequence[dict[str, Any]], config: dic
 
 def train_record(rows: Sequence[dict[str, Any]], meta: dict[str, str], source: Path, args) -> dict[str, Any]:
     """The DAWNBench training JSON of one trial (fields as the DAWNBench page defines them)."""
-    from raybench import metrics, results
+    from raybench import results
+    from raybench.analysis import metrics
     import pandas as pd
 
     config = results.trial_config(meta)
@@ -242,8 +243,8 @@ def load_checkpoint(path: Path):
     """(state, TrialSpec) from a raybench checkpoint folder (state.pt + trial.json) or its state.pt."""
     import torch
 
-    from raybench.config import TrialSpec
-    from raybench.train_loop import STATE_FILE, TRIAL_FILE
+    from raybench.spec.config import TrialSpec
+    from raybench.worker.checkpoint import STATE_FILE, TRIAL_FILE
 
     folder = path.parent if path.is_file() else path
     if not path.exists():
@@ -270,7 +271,7 @@ def classify_one_at_a_time(model, images, labels, device, warmup: int) -> tuple[
     correct. ``warmup`` untimed classifications of the first images run before timing starts."""
     import torch
 
-    from raybench.data import normalize
+    from raybench.worker.data import normalize
 
     model.eval()
     n = len(labels)
@@ -290,9 +291,9 @@ def infer(args) -> tuple[Path, dict[str, Any]]:
     """Measure a checkpoint as DAWNBench's CIFAR-10 inference task does and write its JSON."""
     import torch
 
-    from raybench import data as cifar
+    from raybench.worker import data as cifar
     from raybench.models import build
-    from raybench.train_loop import device_name
+    from raybench.worker.setup import device_name
 
     state, trial = load_checkpoint(Path(args.checkpoint))
     if args.device == "cuda" and not torch.cuda.is_available():

@@ -24,7 +24,8 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from raybench import metrics, results
+from raybench import results
+from raybench.analysis import metrics
 
 EXIT_BAD_INPUT = 2
 REPORT_DIR = "_report"  # default --out, inside RESULTS_DIR; "_" keeps it out of the Parquet dataset

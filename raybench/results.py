@@ -1,14 +1,16 @@
 """The result schema (one row per trial and epoch), atomic Parquet writes, and reading a results folder.
 
-Every column name is defined here once; the training loop, the writer, the report and the tests
-use these names. Accuracies are fractions in [0, 1]; times are seconds of wall clock.
+Every column is defined here once, as a field of ``EpochRow``; the training loop builds
+``EpochRow``s, and the writer, the report and the tests use the names derived from it. Accuracies are fractions in [0, 1]; times are seconds of wall clock.
 """
 from __future__ import annotations
 
 import json
 import os
 import subprocess
+from dataclasses import dataclass, field, fields
 from datetime import datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -19,42 +21,63 @@ import pyarrow.parquet as pq
 
 import raybench
 
-# name -> (arrow type, meaning). The order is the column order of every file.
-COLUMNS: dict[str, tuple[pa.DataType, str]] = {
-    "sweep": (pa.string(), "sweep name"),
-    "run_id": (pa.string(), "id of the sweep invocation that wrote the row"),
-    "trial_id": (pa.string(), "stable id of the trial (its grid point)"),
-    "model": (pa.string(), "architecture, e.g. resnet20_v1"),
-    "depth": (pa.int32(), "number of layers"),
-    "version": (pa.string(), "v1 or v2"),
-    "algorithm": (pa.string(), "communication algorithm"),
-    "hardware": (pa.string(), "cpu or gpu"),
-    "device_name": (pa.string(), "CPU model or GPU name the worker ran on"),
-    "workers": (pa.int32(), "number of data-parallel workers"),
-    "cpus_per_worker": (pa.int32(), "CPU cores (torch threads) per worker"),
-    "precision": (pa.string(), "fp32, or bf16 (autocast for forward and loss)"),
-    "bandwidth_mbps": (pa.float64(), "simulated link bandwidth in Mbit/s; null = unlimited"),
-    "latency_ms": (pa.float64(), "simulated one-way link latency in ms"),
-    "batch_per_worker": (pa.int32(), "images per worker per step"),
-    "global_batch": (pa.int32(), "images per step over all workers"),
-    "lr": (pa.float64(), "learning rate at the last step of the epoch"),
-    "seed": (pa.int64(), "seed of the trial"),
-    "epoch": (pa.int32(), "epoch number, from 1"),
-    "train_seconds": (pa.float64(), "cumulative training time up to the end of this epoch; no evaluation"),
-    "epoch_seconds": (pa.float64(), "training time of this epoch alone (its share of train_seconds)"),
-    "eval_seconds": (pa.float64(), "time spent evaluating on the test set after this epoch"),
-    "compute_seconds": (pa.float64(), "epoch_seconds not spent waiting on communication"),
-    "comm_seconds": (pa.float64(), "time the steps waited for gradient communication, simulated delay included"),
-    "simulated_delay_seconds": (pa.float64(), "modelled link time of the epoch's all-reduces on the simulated link (the real transfers run inside it; what the steps waited shows in comm_seconds)"),
-    "images_per_second": (pa.float64(), "training images processed per second of epoch_seconds, all workers"),
-    "train_loss": (pa.float64(), "mean training loss over the epoch"),
-    "train_top1": (pa.float64(), "training top-1 accuracy over the epoch (augmented images)"),
-    "test_loss": (pa.float64(), "mean test loss after the epoch"),
-    "test_top1": (pa.float64(), "test top-1 accuracy after the epoch"),
-    "budget_cut": (pa.bool_(), "true when goal.time_budget_s ran out during this epoch and cut it short"),
-    "timestamp": (pa.timestamp("us", tz="UTC"), "when the epoch's row was reported"),
-}
-SCHEMA = pa.schema([pa.field(name, typ) for name, (typ, _) in COLUMNS.items()])
+
+def _col(arrow: pa.DataType, doc: str) -> Any:
+    """A column of the schema: its Arrow type and its meaning (the README's schema table)."""
+    return field(metadata={"arrow": arrow, "doc": doc})
+
+
+@dataclass(frozen=True, kw_only=True)
+class EpochRow:
+    """One row of the dataset: one epoch of one trial. The field order is the column order of
+    every file; the Arrow schema, the column list and ``Column`` all derive from it."""
+
+    sweep: str = _col(pa.string(), "sweep name")
+    run_id: str = _col(pa.string(), "id of the sweep invocation that wrote the row")
+    trial_id: str = _col(pa.string(), "stable id of the trial (its grid point)")
+    model: str = _col(pa.string(), "architecture, e.g. resnet20_v1")
+    depth: int = _col(pa.int32(), "number of layers")
+    version: str = _col(pa.string(), "v1 or v2")
+    algorithm: str = _col(pa.string(), "communication algorithm")
+    hardware: str = _col(pa.string(), "cpu or gpu")
+    device_name: str = _col(pa.string(), "CPU model or GPU name the worker ran on")
+    workers: int = _col(pa.int32(), "number of data-parallel workers")
+    cpus_per_worker: int = _col(pa.int32(), "CPU cores (torch threads) per worker")
+    precision: str = _col(pa.string(), "fp32, or bf16 (autocast for forward and loss)")
+    bandwidth_mbps: float | None = _col(pa.float64(), "simulated link bandwidth in Mbit/s; null = unlimited")
+    latency_ms: float = _col(pa.float64(), "simulated one-way link latency in ms")
+    batch_per_worker: int = _col(pa.int32(), "images per worker per step")
+    global_batch: int = _col(pa.int32(), "images per step over all workers")
+    lr: float = _col(pa.float64(), "learning rate at the last step of the epoch")
+    seed: int = _col(pa.int64(), "seed of the trial")
+    epoch: int = _col(pa.int32(), "epoch number, from 1")
+    train_seconds: float = _col(pa.float64(), "cumulative training time up to the end of this epoch; no evaluation")
+    epoch_seconds: float = _col(pa.float64(), "training time of this epoch alone (its share of train_seconds)")
+    eval_seconds: float = _col(pa.float64(), "time spent evaluating on the test set after this epoch")
+    compute_seconds: float = _col(pa.float64(), "epoch_seconds not spent waiting on communication")
+    comm_seconds: float = _col(
+        pa.float64(),
+        "time the steps waited for gradient communication, simulated delay included")
+    simulated_delay_seconds: float = _col(
+        pa.float64(),
+        "modelled link time of the epoch's all-reduces on the simulated link (the real transfers run inside "
+        "it; what the steps waited shows in comm_seconds)")
+    images_per_second: float = _col(pa.float64(), "training images processed per second of epoch_seconds, all workers")
+    train_loss: float = _col(pa.float64(), "mean training loss over the epoch")
+    train_top1: float = _col(pa.float64(), "training top-1 accuracy over the epoch (augmented images)")
+    test_loss: float = _col(pa.float64(), "mean test loss after the epoch")
+    test_top1: float = _col(pa.float64(), "test top-1 accuracy after the epoch")
+    budget_cut: bool = _col(pa.bool_(), "true when goal.time_budget_s ran out during this epoch and cut it short")
+    timestamp: datetime = _col(pa.timestamp("us", tz="UTC"), "when the epoch's row was reported")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(EpochRow))
+SCHEMA = pa.schema([pa.field(f.name, f.metadata["arrow"]) for f in fields(EpochRow)])
+DOCS: dict[str, str] = {f.name: f.metadata["doc"] for f in fields(EpochRow)}
+Column = StrEnum("Column", {name.upper(): name for name in COLUMNS})  # Column.TEST_TOP1 == "test_top1"
 
 # Key-value metadata keys of every trial file.
 META_CONFIG = b"raybench.config"
@@ -89,10 +112,11 @@ ROW_KEY = "raybench_row"  # the epoch row travels through Train and Tune as one 
 PROGRESS_KEYS = ("epoch", "train_seconds", "test_top1")  # also shown flat in Tune's progress table
 
 
-def to_metrics(row: Mapping[str, Any]) -> dict[str, Any]:
+def to_metrics(row: EpochRow) -> dict[str, Any]:
     """An epoch row as the metrics dict ray.train.report sends (Tune adds its own trial_id and
     timestamp to results, so the row cannot travel as flat keys)."""
-    return {ROW_KEY: json.dumps(dict(row))} | {f"rb_{k}": row[k] for k in PROGRESS_KEYS}
+    d = row.to_dict() | {"timestamp": row.timestamp.isoformat()}
+    return {ROW_KEY: json.dumps(d)} | {f"rb_{k}": d[k] for k in PROGRESS_KEYS}
 
 
 def from_metrics(metrics: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -136,9 +160,10 @@ def trial_files(sweep_dir: str | os.PathLike) -> list[str | Path]:
     return [join(sweep_dir, n) for n in names]
 
 
-def to_table(rows: Iterable[Mapping[str, Any]], metadata: Mapping[bytes, str]) -> pa.Table:
-    """Rows (dicts with exactly the schema's columns) as an Arrow table with the file metadata."""
-    rows = list(rows)
+def to_table(rows: Iterable[EpochRow | Mapping[str, Any]], metadata: Mapping[bytes, str]) -> pa.Table:
+    """Rows (``EpochRow``s, or dicts with exactly the schema's columns) as an Arrow table with the
+    file metadata."""
+    rows = [r.to_dict() if isinstance(r, EpochRow) else r for r in rows]
     for i, row in enumerate(rows):
         missing, extra = set(COLUMNS) - set(row), set(row) - set(COLUMNS)
         if missing or extra:

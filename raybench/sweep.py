@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from raybench import config as cfg
-from raybench import data as cifar
+from raybench.spec import config as cfg
+from raybench.worker import data as cifar
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
@@ -196,12 +196,12 @@ def main(argv: list[str] | None = None) -> int:
     if (args.dry_run and not args.address) or not todo:
         return 0
 
-    from raybench import launch  # imports Ray: only once the input is known to be good
+    from raybench.driver import session, tune  # imports Ray: only once the input is known to be good
 
     if args.dry_run:  # a cluster's resources are known only by asking it
-        started = launch.init_ray(args.address)
+        started = session.init_ray(args.address)
         try:
-            check_fits(p.trials, launch.cluster_capacity(), f"the cluster at {args.address}")
+            check_fits(p.trials, session.cluster_capacity(), f"the cluster at {args.address}")
         except cfg.ConfigError as e:
             print(f"error: {e}", file=sys.stderr)
             return EXIT_BAD_INPUT
@@ -213,12 +213,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:6]
-    started = launch.init_ray(args.address)
+    started = session.init_ray(args.address)
     grid = None
     try:
         if args.address:
-            check_fits(todo, launch.cluster_capacity(), f"the cluster at {args.address}")
-        grid = launch.run_sweep(todo, p.sweep_dir, str(p.data_root) if p.local_data else None,
+            check_fits(todo, session.cluster_capacity(), f"the cluster at {args.address}")
+        grid = tune.run_sweep(todo, p.sweep_dir, str(p.data_root) if p.local_data else None,
                                 cifar.DATASET_LOCAL if p.local_data else cifar.DATASET_OFFICIAL, run_id,
                                 args.max_failures)
     except cfg.ConfigError as e:

@@ -37,11 +37,11 @@ def ray_session():
     """A real local Ray (2 CPUs) for the whole module, started the way the CLI starts it."""
     import ray
 
-    from raybench import launch
+    from raybench.driver import session
 
     if ray.is_initialized():
         ray.shutdown()
-    launch.init_ray(None, num_cpus=2)
+    session.init_ray(None, num_cpus=2)
     yield
     ray.shutdown()
 

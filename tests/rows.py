@@ -14,7 +14,9 @@ from typing import Any, Iterable, Sequence
 import pandas as pd
 
 import raybench
-from raybench import config, results
+from raybench import results
+from raybench.results import EpochRow
+from raybench.spec import config
 
 START = datetime(2025, 3, 1, 12, 0, tzinfo=timezone.utc)
 DEVICE = "AMD EPYC 7B13"
@@ -56,19 +58,18 @@ def epoch_rows(spec: config.TrialSpec, top1: Sequence[float], epoch_seconds: flo
     for i, (acc, secs) in enumerate(zip(top1, epoch_seconds, strict=True)):
         total += secs
         comm = comm_fraction * secs
-        rows.append({
-            "sweep": spec.sweep, "run_id": run_id, "trial_id": spec.trial_id, "model": spec.model_name,
-            "depth": spec.depth, "version": spec.version, "algorithm": spec.algorithm, "hardware": spec.hardware,
-            "device_name": DEVICE, "workers": spec.workers, "cpus_per_worker": spec.cpus_per_worker,
-            "precision": spec.precision,
-            "bandwidth_mbps": spec.bandwidth_mbps, "latency_ms": spec.latency_ms,
-            "batch_per_worker": spec.schedule.batch_per_worker, "global_batch": spec.global_batch, "lr": 0.1,
-            "seed": spec.seed, "epoch": i + 1, "train_seconds": total, "epoch_seconds": secs, "eval_seconds": 1.5,
-            "compute_seconds": secs - comm, "comm_seconds": comm, "simulated_delay_seconds": comm * delay_fraction,
-            "images_per_second": images / secs, "train_loss": 2.0 / (i + 1), "train_top1": min(1.0, acc + 0.05),
-            "test_loss": 2.2 / (i + 1), "test_top1": acc, "budget_cut": cut_last and i == len(top1) - 1,
-            "timestamp": START + timedelta(seconds=total + 1.5 * (i + 1)),
-        })
+        rows.append(EpochRow(
+            sweep=spec.sweep, run_id=run_id, trial_id=spec.trial_id, model=spec.model_name,
+            depth=spec.depth, version=spec.version, algorithm=spec.algorithm, hardware=spec.hardware,
+            device_name=DEVICE, workers=spec.workers, cpus_per_worker=spec.cpus_per_worker,
+            precision=spec.precision, bandwidth_mbps=spec.bandwidth_mbps, latency_ms=spec.latency_ms,
+            batch_per_worker=spec.schedule.batch_per_worker, global_batch=spec.global_batch, lr=0.1,
+            seed=spec.seed, epoch=i + 1, train_seconds=total, epoch_seconds=secs, eval_seconds=1.5,
+            compute_seconds=secs - comm, comm_seconds=comm, simulated_delay_seconds=comm * delay_fraction,
+            images_per_second=images / secs, train_loss=2.0 / (i + 1), train_top1=min(1.0, acc + 0.05),
+            test_loss=2.2 / (i + 1), test_top1=acc, budget_cut=cut_last and i == len(top1) - 1,
+            timestamp=START + timedelta(seconds=total + 1.5 * (i + 1)),
+        ).to_dict())
     return rows
 
 

@@ -31,8 +31,8 @@ import torch
 
 import rows
 from conftest import write_sweep
-from raybench import config as cfg
-from raybench import data as cifar
+from raybench.spec import config as cfg
+from raybench.worker import data as cifar
 
 TIMEOUT_S = 120  # per subprocess; the slowest cases (import Ray, then refuse) take ~10 s on idle cores
 PARALLEL = 2

@@ -1,8 +1,8 @@
 """Sweep files: validation with messages that name file, field, value and what is allowed; grid expansion."""
 import pytest
 
-from raybench import config as cfg
-from raybench.config import ConfigError
+from raybench.spec import config as cfg
+from raybench.spec.config import ConfigError
 
 
 def err(raw, source="s.yaml") -> str:

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from raybench import data as cifar
+from raybench.worker import data as cifar
 
 
 def test_shards_are_disjoint_cover_and_reshuffle():

@@ -15,10 +15,12 @@ import pandas as pd
 import pytest
 import torch
 
-from raybench import data as cifar
-from raybench import dawnbench, metrics, results
+from raybench.worker import data as cifar
+from raybench import dawnbench, results
+from raybench.analysis import metrics
 from raybench.models import build
-from raybench.train_loop import STATE_FILE, TRIAL_FILE, make_optimizer
+from raybench.worker.checkpoint import STATE_FILE, TRIAL_FILE
+from raybench.worker.setup import make_optimizer
 from rows import scaling_sweep, trial
 
 REPO = Path(__file__).resolve().parent.parent
@@ -165,7 +167,7 @@ def cifar_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
-    """A ResNet-20 checkpoint folder as train_loop.save_state writes it (state.pt + trial.json)."""
+    """A ResNet-20 checkpoint folder as worker.checkpoint.save writes it (state.pt + trial.json)."""
     spec = trial(workers=[2])
     torch.manual_seed(0)
     model = build(spec.arch, spec.depth, spec.version)

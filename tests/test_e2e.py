@@ -9,6 +9,8 @@ import pandas as pd
 import pytest
 import ray.cloudpickle
 import ray.train
+import torch
+from torch.distributed.algorithms.ddp_comm_hooks import powerSGD_hook
 
 from conftest import write_sweep
 from raybench import results, sweep
@@ -58,17 +60,17 @@ def _sync_check(config):
     import torch.distributed as dist
     import torch.nn.functional as F
 
-    from raybench import data as cifar
-    from raybench.config import TrialSpec
+    from raybench.worker import data as cifar
+    from raybench.spec.config import TrialSpec
     from raybench.models import build
-    from raybench.train_loop import Worker, make_ddp, make_optimizer
+    from raybench.worker.setup import Worker, make_ddp, make_optimizer
 
     trial = TrialSpec.model_validate(config["trial"])
     ctx = ray.train.get_context()
     w = Worker(ctx.get_world_rank(), ctx.get_world_size(), torch.device("cpu"))
     torch.manual_seed(trial.seed)
     ds = cifar.load(config["data"]).subset(512, 64)
-    ddp, hook = make_ddp(build("resnet", 20, "v1"), trial, w)
+    ddp, comm = make_ddp(build("resnet", 20, "v1"), trial, w)
     local_model = copy.deepcopy(ddp.module)  # plain copy: this rank's own gradient, by hand
     opt, _ = make_optimizer(ddp, trial, 4)
     idx = cifar.shard_indices(len(ds.train_y), w.rank, w.world, trial.seed, 1)
@@ -91,7 +93,7 @@ def _sync_check(config):
         expected = torch.stack(grads).mean(0)
         opt.zero_grad()
         F.cross_entropy(ddp(x), y).backward()
-        hook.end_step()
+        comm.after_step(ddp.module)  # closes the step (no averaging with allreduce)
         applied = torch.cat([p.grad.flatten() for p in ddp.module.parameters()])
         grad_err = max(grad_err, float((applied - expected).abs().max() / expected.abs().max()))
         local_diff = min(local_diff, float((grads[0] - grads[1]).abs().max()))
@@ -100,7 +102,7 @@ def _sync_check(config):
         param_diff = max(param_diff, float((params[0] - params[1]).abs().max()))
     bn = gather(ddp.module.bn1.running_mean.clone())
     found = {"grad_err": grad_err, "param_diff": param_diff, "local_diff": local_diff,
-             "bn_diff": float((bn[0] - bn[1]).abs().max()), "steps": hook.take_stats().steps}
+             "bn_diff": float((bn[0] - bn[1]).abs().max()), "steps": comm.take_stats().steps}
     if w.rank == 0:
         with open(config["out"], "w") as f:
             json.dump(found, f)
@@ -110,7 +112,7 @@ def test_two_workers_synchronise_every_step(cifar_dir, tmp_path):
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from raybench import config as cfg
+    from raybench.spec import config as cfg
 
     trial = cfg.expand(cfg.parse({"name": "sync", "workers": [2], "schedule": {"batch_per_worker": 32}}))[0]
     result = TorchTrainer(
@@ -129,7 +131,7 @@ def test_two_workers_synchronise_every_step(cifar_dir, tmp_path):
 
 def test_simulated_link_delays_each_step_as_the_model_says(cifar_dir, tmp_path):
     from raybench.models import build
-    from raybench.network import Link, allreduce_seconds
+    from raybench.worker.comm.link import Link, allreduce_seconds
 
     f = write_sweep(tmp_path / "net.yaml", name="net", workers=[2],
                     network={"bandwidth_mbps": ["unlimited", 10], "latency_ms": [0]},
@@ -147,8 +149,19 @@ def test_simulated_link_delays_each_step_as_the_model_says(cifar_dir, tmp_path):
     assert limited.epoch_seconds > unlimited.epoch_seconds + 0.5 * steps * modelled  # overlap hides some
 
 
+def powersgd_wire_elements(shapes: list[torch.Size], rank: int, min_compression_rate: float = 2.0) -> int:
+    """Elements PowerSGD sends per step for tensors of these shapes (P and Q for the compressed ones)."""
+    total = 0
+    for shape in shapes:
+        n = shape[0]
+        m = int(torch.Size(shape).numel()) // n
+        r = min(n, m, rank)
+        compress, _, _ = powerSGD_hook._should_compress(n, m, r, min_compression_rate)
+        total += (n + m) * r if compress else n * m
+    return total
+
+
 def test_algorithms_smoke_sweep_charges_the_bytes_each_algorithm_sends(cifar_dir, tmp_path):
-    from raybench.algorithms import powersgd_wire_elements
     from raybench.models import build
 
     assert sweep.main(["algorithms", "--smoke", "--data", str(cifar_dir), "--results", str(tmp_path)]) == 0

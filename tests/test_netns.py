@@ -1,7 +1,7 @@
-"""raybench.netns: the shaping is real, and a 2-worker trial runs across a two-namespace Ray cluster.
+"""raybench.netem: the shaping is real, and a 2-worker trial runs across a two-namespace Ray cluster.
 
 Linux and root only (network namespaces, tc / TUN): skipped elsewhere with the reason
-``raybench.netns.available()`` gives. The cluster test also needs the offline CIFAR-10 copy
+``raybench.netem.available()`` gives. The cluster test also needs the offline CIFAR-10 copy
 (``RAYBENCH_DATA``). Every test checks that nothing is left behind: namespaces, processes, files.
 """
 from __future__ import annotations
@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from raybench import netns
+from raybench import netem
 
 REPO = Path(__file__).resolve().parent.parent
 
-pytestmark = pytest.mark.skipif(netns.available() is not None, reason=str(netns.available()))
+pytestmark = pytest.mark.skipif(netem.available() is not None, reason=str(netem.available()))
 
 # One TCP connection from the head namespace to the worker namespace: small-message round trips,
 # then a bulk transfer whose steady rate (from a quarter of the way in to the end, so TCP's slow
@@ -56,7 +56,7 @@ CLIENT = textwrap.dedent("""
 """)
 
 
-def measure(pair: netns.ShapedPair, pings: int = 5, nbytes: int = 0) -> dict:
+def measure(pair: netem.ShapedPair, pings: int = 5, nbytes: int = 0) -> dict:
     server = pair.popen_in(pair.work_ns, [sys.executable, "-c", SERVER, str(pings), str(max(nbytes, 1)), pair.work_ip],
                            stdout=subprocess.PIPE, text=True)
     try:
@@ -71,9 +71,9 @@ def measure(pair: netns.ShapedPair, pings: int = 5, nbytes: int = 0) -> dict:
     return json.loads(client.stdout)
 
 
-def left_behind(pair: netns.ShapedPair) -> list[str]:
+def left_behind(pair: netem.ShapedPair) -> list[str]:
     """What of ``pair`` still exists: namespaces, processes running from its folder, the folder."""
-    left = [ns for ns in pair.namespaces if ns in netns.our_namespaces()]
+    left = [ns for ns in pair.namespaces if ns in netem.our_namespaces()]
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
@@ -91,19 +91,19 @@ def left_behind(pair: netns.ShapedPair) -> list[str]:
 def test_shaping_is_real():
     """20 ms one way: a round trip takes 40 ms; the bulk rate is the shaped rate; reshaping applies."""
     rate, delay = 40.0, 20.0
-    with netns.ShapedPair(rate, delay, start_ray=False) as pair:
+    with netem.ShapedPair(rate, delay, start_ray=False) as pair:
         got = measure(pair, pings=5, nbytes=4_000_000)
         assert got["rtt_ms"] == pytest.approx(2 * delay, rel=0.15), got
         assert got["rate_mbit"] == pytest.approx(rate, rel=0.15), got
         pair.shape(None, 5.0)
         assert measure(pair, pings=5)["rtt_ms"] == pytest.approx(10.0, rel=0.15)
-        assert all(ns in netns.our_namespaces() for ns in pair.namespaces)
+        assert all(ns in netem.our_namespaces() for ns in pair.namespaces)
     assert left_behind(pair) == []
 
 
 def test_cleanup_after_an_error_inside_the_block():
     with pytest.raises(RuntimeError, match="boom"):
-        with netns.ShapedPair(None, 1.0, start_ray=False) as pair:
+        with netem.ShapedPair(None, 1.0, start_ray=False) as pair:
             sleeper = pair.popen_in(pair.head_ns, ["sleep", "600"])
             raise RuntimeError("boom")
     assert sleeper.poll() is not None  # killed with its namespace
@@ -134,7 +134,7 @@ def test_two_worker_trial_across_the_shaped_link(tmp_path):
     sweep = tmp_path / "netns_smoke.yaml"
     sweep.write_text(SWEEP)
     results = tmp_path / "results"
-    with netns.ShapedPair(100, 1) as pair:
+    with netem.ShapedPair(100, 1) as pair:
         # two nodes, one per namespace, 1 CPU each: the 2 workers must sit one per node
         assert sorted(n["ip"] for n in pair.nodes) == [pair.head_ip, pair.work_ip]
         assert all(n["resources"]["CPU"] == 1 for n in pair.nodes)

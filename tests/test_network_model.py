@@ -1,7 +1,7 @@
 """The link model against hand-computed values (Thakur et al.'s ring all-reduce)."""
 import pytest
 
-from raybench.network import Link, allreduce_seconds
+from raybench.worker.comm.link import Link, allreduce_seconds
 
 MB = 1_000_000
 

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from conftest import ROOT, one_rank_gloo, write_sweep
-from raybench import config as cfg
-from raybench.config import ConfigError
+from raybench.spec import config as cfg
+from raybench.spec.config import ConfigError
 from raybench.models import build
 from raybench.models.resnet9 import ResNet9, resnet9
 
@@ -157,15 +157,16 @@ def process_group():
 
 def test_one_epoch_through_the_loop(cifar_dir, process_group) -> None:
     """The shared per-worker loop trains it (in-process, a gloo group of one) and labels the row."""
-    from raybench import data as cifar
-    from raybench.train_loop import Worker, run
+    from raybench.worker import data as cifar
+    from raybench.worker.loop import run
+    from raybench.worker.setup import Worker
 
     (t,) = cfg.expand(cfg.parse({
         "name": "r9", "model": {"arch": "resnet9"},
         "schedule": {"batch_per_worker": 32, "warmup_epochs": 0, "milestones": [], "epochs": 1},
         "goal": {"time_budget_s": None}, "data": {"train_images": 64, "test_images": 32}}))
     rows = []
-    run(t, Worker(0, 1, torch.device("cpu")), cifar.load(cifar_dir), "run", lambda row, ckpt: rows.append(row))
+    run(t, Worker(0, 1, torch.device("cpu")), cifar.load(cifar_dir), "run", lambda row, ckpt: rows.append(row.to_dict()))
     (row,) = rows
     assert (row["model"], row["depth"], row["version"]) == ("resnet9", 9, "v1")
     assert row["trial_id"] == "resnet9_w1_cpu_bwinf_lat0_allreduce_s0"

@@ -83,9 +83,7 @@ def test_read_results_skips_ray_state_and_temporary_files(tmp_path):
 
 
 def test_metrics_round_trip_through_one_json_field():
-    r = row(3, bandwidth_mbps=100.0)
-    r["timestamp"] = r["timestamp"].isoformat()
-    metrics = results.to_metrics(r)
+    metrics = results.to_metrics(results.EpochRow(**row(3, bandwidth_mbps=100.0)))
     assert metrics["rb_epoch"] == 3
     back = results.from_metrics(metrics | {"trial_id": "tune-id", "timestamp": 123})
     assert back["trial_id"] == "t1" and back["bandwidth_mbps"] == 100.0

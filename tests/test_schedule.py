@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from raybench.config import Schedule
-from raybench.schedule import base_lr, lr_at, lr_factor, peak_lr
+from raybench.spec.config import Schedule
+from raybench.spec.schedule import base_lr, lr_at, lr_factor, peak_lr
 
 S = Schedule(batch_per_worker=128, lr_per_256=0.1, warmup_epochs=5, milestones=[82, 109], gamma=0.1, epochs=164)
 

@@ -5,9 +5,11 @@ import pytest
 import torch
 
 from conftest import one_rank_gloo
-from raybench import config as cfg
-from raybench import data as cifar
-from raybench.train_loop import Worker, load_state, run
+from raybench.spec import config as cfg
+from raybench.worker import data as cifar
+from raybench.worker.checkpoint import load_state
+from raybench.worker.loop import run
+from raybench.worker.setup import Worker
 
 CPU = Worker(0, 1, torch.device("cpu"))
 
@@ -35,9 +37,9 @@ def collect(t, ds, restore=None, keep=None):
     rows = []
 
     def report(row, ckpt):
-        rows.append(row)
+        rows.append(row.to_dict())
         if keep is not None:
-            shutil.copytree(ckpt, keep / f"epoch_{row['epoch']}")
+            shutil.copytree(ckpt, keep / f"epoch_{row.epoch}")
 
     run(t, CPU, ds, "run", report, restore)
     return rows

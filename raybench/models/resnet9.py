@@ -22,8 +22,9 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-DEPTH = 9
-VERSIONS = ("v1",)
+from raybench.models import ARCHS, check
+
+DEPTH = ARCHS["resnet9"].depths[0]
 LOGIT_SCALE = 0.125
 
 
@@ -88,8 +89,5 @@ class ResNet9(nn.Module):
 
 def resnet9(depth: int = DEPTH, version: str = "v1", num_classes: int = 10) -> nn.Module:
     """Page's ResNet-9; ``depth`` and ``version`` exist so that ``build`` treats every arch alike."""
-    if depth != DEPTH:
-        raise ValueError(f"resnet9 depth {depth!r} is not supported; allowed: {DEPTH}")
-    if version not in VERSIONS:
-        raise ValueError(f"resnet9 version {version!r} is not supported; allowed: {', '.join(VERSIONS)}")
+    check("resnet9", depth, version)
     return ResNet9(num_classes=num_classes)

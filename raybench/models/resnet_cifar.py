@@ -26,8 +26,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-DEPTHS = (20, 32, 44, 56)
-VERSIONS = ("v1", "v2")
+from raybench.models import ARCHS, check
+
+DEPTHS = ARCHS["resnet"].depths
+VERSIONS = ARCHS["resnet"].versions
 
 
 def conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
@@ -149,10 +151,7 @@ def _resnet(block: type[BasicBlock | PreActBlock], depth: int, num_classes: int 
 
 def resnet_cifar(depth: int, version: str = "v1", num_classes: int = 10) -> nn.Module:
     """The CIFAR ResNet of ``depth`` (20/32/44/56) and ``version`` (v1 post-, v2 pre-activation)."""
-    if depth not in DEPTHS:
-        raise ValueError(f"resnet depth {depth!r} is not supported; allowed: {', '.join(map(str, DEPTHS))}")
-    if version not in VERSIONS:
-        raise ValueError(f"resnet version {version!r} is not supported; allowed: {', '.join(VERSIONS)}")
+    check("resnet", depth, version)
     block = BasicBlock if version == "v1" else PreActBlock
     return _resnet(block, depth, num_classes=num_classes)
 

@@ -7,7 +7,7 @@ epoch. With one worker there is nothing to warm up: the two lrs are equal.
 """
 from __future__ import annotations
 
-from raybench.config import Schedule
+from raybench.spec.config import Schedule
 
 
 def peak_lr(schedule: Schedule, workers: int) -> float:

@@ -1,7 +1,6 @@
-"""The link model (pure functions) and the DDP communication hook that measures and applies it.
+"""The DDP communication hook that runs the real collective and applies the link model to it.
 
-A link is (bandwidth, latency). One ring all-reduce of n bytes over p workers takes
-2(p-1)*latency + 2(p-1)/p * n / bandwidth (Thakur et al., 2005). The hook runs the real
+The hook runs the real
 collective (a hook from torch.distributed.algorithms.ddp_comm_hooks), then holds its result until
 the modelled time has passed. Buckets queue on the link one after another, as on a wire; the hold
 happens on a separate "wire" thread, so DDP keeps overlapping communication with the backward pass.
@@ -17,29 +16,7 @@ import torch
 import torch.distributed as dist
 from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 
-
-@dataclass(frozen=True)
-class Link:
-    """A simulated link: bandwidth in Mbit/s (None = unlimited) and one-way latency in ms."""
-
-    bandwidth_mbps: float | None = None
-    latency_ms: float = 0.0
-
-    @property
-    def unlimited(self) -> bool:
-        return self.bandwidth_mbps is None and self.latency_ms == 0
-
-
-def allreduce_seconds(nbytes: float, workers: int, link: Link) -> float:
-    """Modelled time of one ring all-reduce of ``nbytes`` over ``workers`` on ``link``."""
-    if workers < 1 or nbytes < 0:
-        raise ValueError(f"need workers >= 1 and nbytes >= 0, got {workers}, {nbytes}")
-    if workers == 1:
-        return 0.0
-    seconds = 2 * (workers - 1) * link.latency_ms / 1e3
-    if link.bandwidth_mbps is not None:
-        seconds += 2 * (workers - 1) / workers * nbytes * 8 / (link.bandwidth_mbps * 1e6)
-    return seconds
+from raybench.worker.comm.link import Link, allreduce_seconds
 
 
 @dataclass
@@ -48,7 +25,6 @@ class CommStats:
 
     comm_seconds: float = 0.0  # wait after the last bucket was ready until all were done
     simulated_delay_seconds: float = 0.0  # modelled link time of every all-reduce (the real transfers run inside it)
-    wire_bytes: int = 0  # bytes handed to the (simulated) wire
     steps: int = 0
 
 
@@ -128,7 +104,6 @@ class LinkHook:
         modelled = self.modelled_seconds(sizes)
         with self._lock:
             self._ready.append(ready)
-            self._stats.wire_bytes += sum(sizes)
             self._stats.simulated_delay_seconds += modelled
             deadline = max(self._wire_free_at, ready) + modelled
             self._wire_free_at = deadline
@@ -169,7 +144,6 @@ class LinkHook:
             time.sleep(delay)
         with self._lock:
             self._wire_free_at = max(self._wire_free_at, time.perf_counter())
-            self._stats.wire_bytes += sum(sizes)
             self._stats.comm_seconds += real_seconds + delay
             self._stats.simulated_delay_seconds += modelled
 

@@ -13,15 +13,10 @@ import yaml
 from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo,
                       field_validator, model_validator)
 
-SWEEPS_DIR = Path(__file__).resolve().parent.parent / "sweeps"
-DEPTHS = (20, 32, 44, 56)
-# model.arch -> (allowed depths, allowed versions), the first of each being the default.
-ARCHS: dict[str, tuple[tuple[int, ...], tuple[str, ...]]] = {
-    "resnet": (DEPTHS, ("v1", "v2")),  # He et al.'s CIFAR ResNets (models/resnet_cifar.py)
-    "resnet9": ((9,), ("v1",)),        # Page's DAWNBench ResNet-9 (models/resnet9.py)
-}
-ALGORITHMS = ("allreduce", "fp16", "powersgd", "localsgd")
-HARDWARE = ("cpu", "gpu")
+from raybench.models import ARCHS, model_name
+from raybench.worker.comm import ALGORITHMS
+
+SWEEPS_DIR = Path(__file__).resolve().parent.parent.parent / "sweeps"
 UNLIMITED = "unlimited"
 
 # --smoke: what a smoke run shrinks every trial to.
@@ -74,18 +69,18 @@ def _fits_arch(v: Any, info: ValidationInfo) -> Any:
     arch = info.data.get("arch")
     if arch not in ARCHS:
         return v  # the arch itself is wrong; that error is reported
-    which = 0 if info.field_name == "depth" else 1
-    allowed = ARCHS[arch][which]
+    which = "depths" if info.field_name == "depth" else "versions"
+    allowed = getattr(ARCHS[arch], which)
     if v not in allowed:
         hint = "" if arch == "resnet" else f" with arch {arch!r}"
-        others = [a for a, choices in ARCHS.items() if v in choices[which]]
+        others = [a for a, entry in ARCHS.items() if v in getattr(entry, which)]
         elsewhere = f"; {v!r} is a {info.field_name} of arch {others[0]!r}" if others else ""
         raise ValueError(f"allowed{hint}: {_one_of(allowed)}{elsewhere}")
     return v
 
 
 class ModelGrid(_Strict):
-    arch: Literal["resnet", "resnet9"] = "resnet"
+    arch: Literal[tuple(ARCHS)] = "resnet"  # type: ignore[valid-type]
     depth: Annotated[list[Annotated[int, Field(strict=True), AfterValidator(_fits_arch)]], Field(min_length=1)] = [20]
     version: Annotated[list[Annotated[str, AfterValidator(_fits_arch)]], Field(min_length=1)] = ["v1"]
 
@@ -98,8 +93,7 @@ class ModelGrid(_Strict):
         """An omitted depth or version defaults to the arch's first (resnet: 20, v1; resnet9: 9, v1)."""
         arch = data.get("arch", "resnet") if isinstance(data, dict) else None
         if isinstance(arch, str) and arch in ARCHS:
-            depths, versions = ARCHS[arch]
-            data = {"depth": [depths[0]], "version": [versions[0]]} | data
+            data = {"depth": [ARCHS[arch].depths[0]], "version": [ARCHS[arch].versions[0]]} | data
         return data
 
 
@@ -173,8 +167,7 @@ class SweepSpec(_Strict):
     accelerator_type: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")] | None = None
     precision: Annotated[list[Literal["fp32", "bf16"]], Field(min_length=1)] = ["fp32"]
     network: NetworkGrid = NetworkGrid()
-    algorithm: Annotated[list[Literal["allreduce", "fp16", "powersgd", "localsgd"]], Field(min_length=1)] = [
-        "allreduce"]
+    algorithm: Annotated[list[Literal[tuple(ALGORITHMS)]], Field(min_length=1)] = ["allreduce"]  # type: ignore
     powersgd: PowerSGDOptions = PowerSGDOptions()
     localsgd: LocalSGDOptions = LocalSGDOptions()
     schedule: Schedule = Schedule()
@@ -212,23 +205,17 @@ class TrialSpec(_Strict):
     @property
     def model_name(self) -> str:
         """resnet20_v1; an arch with a single depth and version is its own name (resnet9)."""
-        return self.arch if _fixed(self.arch) else f"{self.arch}{self.depth}_{self.version}"
+        return model_name(self.arch, self.depth, self.version)
 
     @property
     def global_batch(self) -> int:
         return self.schedule.batch_per_worker * self.workers
 
 
-def _fixed(arch: str) -> bool:
-    """Whether the arch has one depth and one version only, so that its name says it all."""
-    depths, versions = ARCHS.get(arch, ((), ()))
-    return len(depths) == 1 and len(versions) == 1
-
-
 def _trial_id(arch: str, depth: int, version: str, workers: int, hardware: str, bw: float | None, lat: float,
               algorithm: str, seed: int, precision: str = "fp32") -> str:
     bw_s = "inf" if bw is None else f"{bw:g}"
-    model = arch if _fixed(arch) else f"{arch}{depth}{version}"
+    model = model_name(arch, depth, version, sep="")
     prec = "" if precision == "fp32" else f"_{precision}"
     return f"{model}_w{workers}_{hardware}{prec}_bw{bw_s}_lat{lat:g}_{algorithm}_s{seed}"
 

@@ -1,0 +1,6 @@
+"""What the driver does with Ray: start or join a cluster (``session``), run every trial as a Tune
+trainable around a Ray Train ``TorchTrainer`` (``tune``), the per-worker entry point (``train``),
+and the callback that writes each trial's Parquet file (``writer``).
+
+With ``netem/`` and the CLIs that start Ray, the only place that imports ``ray`` (a test checks it).
+"""

@@ -1,0 +1,138 @@
+"""The builders of ``comm.ALGORITHMS``, each from torch.distributed's own hooks and model averager,
+with the bytes each one really puts on the wire (for the simulated link).
+
+- ``allreduce``: fp32 gradients, the reference (torch's ``allreduce_hook``).
+- ``fp16``: gradients compressed to fp16 for the all-reduce (``fp16_compress_hook``): half the bytes.
+- ``powersgd``: rank-r PowerSGD with error feedback and warm start (``powerSGD_hook``): after
+  ``start_iter`` plain steps, each bucket sends its uncompressed tensors, then the P factors, then
+  the Q factors (three all-reduces).
+- ``localsgd``: post-local SGD (``post_localSGD_hook`` + ``PeriodicModelAverager``): synchronous
+  for ``warmup_steps``, then no gradient communication; parameters are averaged every ``period``
+  steps instead.
+"""
+from __future__ import annotations
+
+import time
+
+import torch
+import torch.distributed as dist
+from torch.distributed.algorithms.ddp_comm_hooks import default_hooks, post_localSGD_hook, powerSGD_hook
+from torch.distributed.algorithms.model_averaging.averagers import PeriodicModelAverager
+
+from raybench.spec.config import TrialSpec
+from raybench.worker.comm.hook import CommStats, LinkHook, fp32_allreduce, link_hook
+from raybench.worker.comm.link import Link
+
+
+def fp16_allreduce(bucket: dist.GradBucket) -> list[int]:
+    return [bucket.buffer().numel() * 2]
+
+
+def powersgd_collectives(state: powerSGD_hook.PowerSGDState):
+    """The all-reduces powerSGD_hook makes for a bucket, by the same rules it uses to decide."""
+
+    def sizes(bucket: dist.GradBucket) -> list[int]:
+        if state.iter < state.start_powerSGD_iter:
+            return fp32_allreduce(bucket)
+        elem = bucket.buffer().element_size()
+        plain = ps = qs = 0
+        for tensor in bucket.gradients():
+            n, m = tensor.shape[0], tensor.numel() // tensor.shape[0]
+            rank = min(n, m, state.matrix_approximation_rank)
+            compress, _, _ = powerSGD_hook._should_compress(n, m, rank, state.min_compression_rate)
+            if compress:
+                ps, qs = ps + n * rank, qs + m * rank
+            else:
+                plain += tensor.numel()
+        return [plain * elem, ps * elem, qs * elem]
+
+    return sizes
+
+
+class LocalSGDAverager:
+    """Post-local SGD's parameter averaging after each optimizer step, charged to the link."""
+
+    def __init__(self, hook: LinkHook, warmup_steps: int, period: int) -> None:
+        self.hook = hook
+        self.averager = PeriodicModelAverager(period=period, warmup_steps=warmup_steps)
+
+    def after_step(self, module: torch.nn.Module) -> None:
+        a = self.averager
+        averages = a.step >= a.warmup_steps and (a.step - a.warmup_steps) % a.period == 0
+        t0 = time.perf_counter()
+        a.average_parameters(module.parameters())
+        if averages:
+            nbytes = sum(p.numel() * p.element_size() for p in module.parameters())
+            self.hook.charge([nbytes], time.perf_counter() - t0)
+
+    def restore(self, steps_done: int) -> None:
+        self.averager.step = steps_done
+
+
+class Comm:
+    """A trial's communication, as the training step sees it: the three calls of the loop."""
+
+    def __init__(self, hook: LinkHook, averager: LocalSGDAverager | None = None) -> None:
+        self.hook, self.averager = hook, averager
+
+    def after_backward(self) -> None:
+        """Close the step's communication timing (every bucket has been reduced by now)."""
+        self.hook.end_step()
+
+    def after_step(self, module: torch.nn.Module) -> None:
+        """After the optimizer step: local SGD's periodic parameter averaging; nothing otherwise."""
+        if self.averager is not None:
+            self.averager.after_step(module)
+
+    def take_stats(self) -> CommStats:
+        """The epoch's communication totals so far, and a fresh count."""
+        return self.hook.take_stats()
+
+
+def _link(trial: TrialSpec) -> Link:
+    return Link(trial.bandwidth_mbps, trial.latency_ms)
+
+
+def _register(ddp: torch.nn.parallel.DistributedDataParallel, hook: LinkHook) -> None:
+    ddp.register_comm_hook(hook, link_hook)
+
+
+def allreduce(ddp, trial: TrialSpec, device: torch.device, steps_done: int = 0) -> Comm:
+    hook = LinkHook(_link(trial), trial.workers, default_hooks.allreduce_hook, None, fp32_allreduce, device)
+    _register(ddp, hook)
+    return Comm(hook)
+
+
+def fp16(ddp, trial: TrialSpec, device: torch.device, steps_done: int = 0) -> Comm:
+    hook = LinkHook(_link(trial), trial.workers, default_hooks.fp16_compress_hook, None, fp16_allreduce, device)
+    _register(ddp, hook)
+    return Comm(hook)
+
+
+def powersgd(ddp, trial: TrialSpec, device: torch.device, steps_done: int = 0) -> Comm:
+    o = trial.powersgd
+    state = powerSGD_hook.PowerSGDState(
+        process_group=None, matrix_approximation_rank=o.rank, start_powerSGD_iter=o.start_iter,
+        min_compression_rate=o.min_compression_rate, warm_start=o.warm_start, random_seed=trial.seed)
+    state.iter = steps_done
+    hook = LinkHook(_link(trial), trial.workers, powerSGD_hook.powerSGD_hook, state, powersgd_collectives(state),
+                    device)
+    _register(ddp, hook)
+    return Comm(hook)
+
+
+def localsgd(ddp, trial: TrialSpec, device: torch.device, steps_done: int = 0) -> Comm:
+    o = trial.localsgd
+    state = post_localSGD_hook.PostLocalSGDState(process_group=None, subgroup=None,
+                                                 start_localSGD_iter=o.warmup_steps,
+                                                 post_local_gradient_allreduce=False)
+    state.iter = min(steps_done, o.warmup_steps)
+
+    def collectives(bucket: dist.GradBucket) -> list[int]:
+        return fp32_allreduce(bucket) if state.iter < state.start_localSGD_iter else []
+
+    hook = LinkHook(_link(trial), trial.workers, post_localSGD_hook.post_localSGD_hook, state, collectives, device)
+    _register(ddp, hook)
+    averager = LocalSGDAverager(hook, o.warmup_steps, o.period)
+    averager.restore(steps_done)
+    return Comm(hook, averager)

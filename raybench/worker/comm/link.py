@@ -1,0 +1,28 @@
+"""The link model, as pure functions (no torch): what the simulated link charges and replay re-times.
+
+A link is (bandwidth, latency). One ring all-reduce of n bytes over p workers takes
+2(p-1)*latency + 2(p-1)/p * n / bandwidth (Thakur et al., 2005).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Link:
+    """A simulated link: bandwidth in Mbit/s (None = unlimited) and one-way latency in ms."""
+
+    bandwidth_mbps: float | None = None
+    latency_ms: float = 0.0
+
+
+def allreduce_seconds(nbytes: float, workers: int, link: Link) -> float:
+    """Modelled time of one ring all-reduce of ``nbytes`` over ``workers`` on ``link``."""
+    if workers < 1 or nbytes < 0:
+        raise ValueError(f"need workers >= 1 and nbytes >= 0, got {workers}, {nbytes}")
+    if workers == 1:
+        return 0.0
+    seconds = 2 * (workers - 1) * link.latency_ms / 1e3
+    if link.bandwidth_mbps is not None:
+        seconds += 2 * (workers - 1) / workers * nbytes * 8 / (link.bandwidth_mbps * 1e6)
+    return seconds
