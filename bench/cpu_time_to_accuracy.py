@@ -59,7 +59,7 @@ class LoadSampler:
             if self._stop.wait(self.every):
                 return
 
-    def __enter__(self) -> "LoadSampler":
+    def __enter__(self) -> LoadSampler:
         self._thread.start()
         return self
 
@@ -124,7 +124,8 @@ def parse_layout(text: str) -> tuple[int, int, int]:
         workers, cpus = shape.lower().split("x")
         return int(workers), int(cpus), int(batch)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"layout {text!r}: expected WORKERSxCPUS/BATCH_PER_WORKER, e.g. 2x1/64")
+        raise argparse.ArgumentTypeError(
+            f"layout {text!r}: expected WORKERSxCPUS/BATCH_PER_WORKER, e.g. 2x1/64") from None
 
 
 def calibrate(args: argparse.Namespace, out: Path) -> None:

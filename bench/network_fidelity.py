@@ -228,7 +228,8 @@ def main() -> int:
                     model = sum(allreduce_seconds(n, 2, Link(b, lat)) for n in BUCKETS)
                     coll[(b, lat)] = {"model_ms": round(model * 1e3, 2), "real_ms": round(got["median_s"] * 1e3, 2),
                                       "ratio": round(got["median_s"] / model, 4)}
-                    print(f"  {b:>6g} Mbit/s {lat:>3g} ms: model {model * 1e3:7.2f} ms, real {got['median_s'] * 1e3:7.2f} ms"
+                    print(f"  {b:>6g} Mbit/s {lat:>3g} ms: model {model * 1e3:7.2f} ms, "
+                          f"real {got['median_s'] * 1e3:7.2f} ms"
                           f" (real - model {(got['median_s'] - model) * 1e3:+.2f} ms)", flush=True)
         i = 0
         for k in range(0 if args.no_training else args.repeat):
@@ -266,9 +267,11 @@ def main() -> int:
             "bandwidth_mbps": b, "latency_ms": lat,
             "sim_epoch_s": sm and round(sm["epoch_s"], 3), "real_epoch_s": rl and round(rl["epoch_s"], 3),
             "ratio": x,
-            "sim_epoch_s_all": sm and round(sm["epoch_s_all"], 3), "real_epoch_s_all": rl and round(rl["epoch_s_all"], 3),
+            "sim_epoch_s_all": sm and round(sm["epoch_s_all"], 3),
+            "real_epoch_s_all": rl and round(rl["epoch_s_all"], 3),
             "ratio_all": x_all,
-            "sim_epoch_s_min": sm and round(sm["epoch_s_min"], 3), "real_epoch_s_min": rl and round(rl["epoch_s_min"], 3),
+            "sim_epoch_s_min": sm and round(sm["epoch_s_min"], 3),
+            "real_epoch_s_min": rl and round(rl["epoch_s_min"], 3),
             "ratio_min": x_min,
             "sim_compute_s": sm and round(sm["compute_s"], 3), "real_compute_s": rl and round(rl["compute_s"], 3),
             "sim_comm_s": sm and round(sm["comm_s"], 3), "sim_simulated_delay_s": sm and round(sm["simulated_s"], 3),

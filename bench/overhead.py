@@ -28,8 +28,8 @@ import torch.nn.functional as F
 import yaml
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from raybench.worker import data as cifar
 from raybench.models import build
+from raybench.worker import data as cifar
 
 
 def _free_port() -> int:
@@ -130,7 +130,8 @@ def main() -> None:
     ratio = summary["raybench"]["images_per_second"] / summary["plain"]["images_per_second"]
     print(json.dumps({"bench": "overhead", "workers": args.workers, "threads_per_worker": args.threads,
                       "batch_per_worker": args.batch, "images_per_epoch": args.images, "epochs": args.epochs,
-                      "repeats": args.repeats, "plain_images_per_second": round(summary["plain"]["images_per_second"], 1),
+                      "repeats": args.repeats,
+                      "plain_images_per_second": round(summary["plain"]["images_per_second"], 1),
                       "raybench_images_per_second": round(summary["raybench"]["images_per_second"], 1),
                       "ratio": round(ratio, 4), "plain_startup_seconds": round(summary["plain"]["startup_seconds"], 1),
                       "raybench_startup_seconds": round(summary["raybench"]["startup_seconds"], 1)}))

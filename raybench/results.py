@@ -1,18 +1,24 @@
-"""The result schema (one row per trial and epoch), atomic Parquet writes, and reading a results folder.
+"""The result schema (one row per trial and epoch), atomic Parquet writes, and reading results.
 
 Every column is defined here once, as a field of ``EpochRow``; the training loop builds
-``EpochRow``s, and the writer, the report and the tests use the names derived from it. Accuracies are fractions in [0, 1]; times are seconds of wall clock.
+``EpochRow``s, and the writer, the report and the tests use the names derived from it.
+Accuracies are fractions in [0, 1]; times are seconds of wall clock. Every reader of results
+(the sweep's resume, the report, the DAWNBench export) finds and reads trial files here, on a
+local path or a URI (``file://``, ``s3://``, ``gs://``: pyarrow filesystems) alike.
 """
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
+import posixpath
 import subprocess
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.dataset as pads
@@ -20,6 +26,9 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 import raybench
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def _col(arrow: pa.DataType, doc: str) -> Any:
@@ -102,10 +111,9 @@ def git_commit() -> str | None:
 
 
 def versions() -> dict[str, str]:
-    import ray
-    import torch
-
-    return {"raybench": raybench.__version__, "torch": torch.__version__, "ray": ray.__version__}
+    """The versions that wrote a file, read from the installed packages (nothing is imported)."""
+    return {"raybench": raybench.__version__, "torch": importlib.metadata.version("torch"),
+            "ray": importlib.metadata.version("ray")}
 
 
 ROW_KEY = "raybench_row"  # the epoch row travels through Train and Tune as one JSON string
@@ -151,15 +159,6 @@ def exists(path: str | os.PathLike) -> bool:
     return fs.get_file_info(p).type != pafs.FileType.NotFound
 
 
-def trial_files(sweep_dir: str | os.PathLike) -> list[str | Path]:
-    """The trial files in a sweep folder (not Ray's state, not temporary files)."""
-    fs, p = _fs(sweep_dir)
-    infos = fs.get_file_info(pafs.FileSelector(p, allow_not_found=True))
-    names = sorted(i.base_name for i in infos if i.type == pafs.FileType.File and i.base_name.endswith(".parquet")
-                   and not i.base_name.startswith((".", "_")))
-    return [join(sweep_dir, n) for n in names]
-
-
 def to_table(rows: Iterable[EpochRow | Mapping[str, Any]], metadata: Mapping[bytes, str]) -> pa.Table:
     """Rows (``EpochRow``s, or dicts with exactly the schema's columns) as an Arrow table with the
     file metadata."""
@@ -203,6 +202,58 @@ def write_trial(path: str | os.PathLike, table: pa.Table) -> None:
         os.close(dir_fd)
 
 
+# ---------------------------------------------------------------- reading: local paths and URIs alike
+
+TRIAL_KEY = ("sweep", "trial_id")  # one trial: a trial id can appear in several sweeps
+
+
+class ResultsError(ValueError):
+    """A results location is missing, holds no trial files, or a file cannot be read: the message says which."""
+
+
+def _trial_names(fs: pafs.FileSystem, p: str) -> list[str]:
+    """The trial files under ``p`` on ``fs``, relative to it ("" when ``p`` is one), in path order."""
+    if fs.get_file_info(p).type == pafs.FileType.File:
+        return [""] if p.endswith(".parquet") else []
+
+    def walk(folder: str, parts: tuple[str, ...]):
+        for info in fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True)):
+            if info.base_name.startswith((".", "_")):  # Ray's run state, temporary files, the report
+                continue
+            if info.type == pafs.FileType.Directory:
+                yield from walk(info.path, parts + (info.base_name,))
+            elif info.type == pafs.FileType.File and info.base_name.endswith(".parquet"):
+                yield parts + (info.base_name,)
+
+    return ["/".join(parts) for parts in sorted(walk(p, ()))]
+
+
+def trial_files(path: str | os.PathLike) -> list[str | Path]:
+    """The trial files under ``path`` (a sweep folder, a folder of sweeps, or one trial file; a local
+    path or a URI), as ``pd.read_parquet`` sees them: files and folders whose names start with ``_``
+    or ``.`` are left out. [] when there are none, or no ``path``."""
+    fs, p = _fs(path)
+    itself = path if is_uri(path) else Path(path)
+    return [join(path, rel) if rel else itself for rel in _trial_names(fs, p)]
+
+
+def folder(path: str | os.PathLike) -> str | Path:
+    """``path`` when it is a folder (or is not there), else the folder that holds it."""
+    fs, p = _fs(path)
+    if fs.get_file_info(p).type != pafs.FileType.File:
+        return path
+    return str(path).rstrip("/").rsplit("/", 1)[0] if is_uri(path) else Path(path).parent
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to a local path or a URI, creating its folder (the report, beside the results)."""
+    fs, p = _fs(path)
+    if posixpath.dirname(p):
+        fs.create_dir(posixpath.dirname(p), recursive=True)
+    with fs.open_output_stream(p) as out:
+        out.write(data)
+
+
 def read_trial(path: str | os.PathLike) -> tuple[list[dict[str, Any]], dict[str, str]]:
     """A trial file's rows and its metadata (keys and values as text)."""
     fs, p = _fs(path)
@@ -215,12 +266,78 @@ def trial_config(meta: Mapping[str, str]) -> dict[str, Any]:
     return json.loads(meta[META_CONFIG.decode()])
 
 
-def read_results(path: str | os.PathLike):
-    """Every row of every trial file under ``path`` (a sweep folder or a folder of sweeps) as pandas.
+def read_results(path: str | os.PathLike) -> pd.DataFrame:
+    """Every row of every trial file under ``path`` (see ``trial_files``) as pandas.
 
     Same result as ``pd.read_parquet(path)`` on a sweep folder; files and folders whose names start
     with ``_`` or ``.`` (Ray's run state, temporary files) are not part of the dataset.
     """
     fs, p = _fs(path)
-    dataset = pads.dataset(p, filesystem=fs, format="parquet", schema=SCHEMA, ignore_prefixes=[".", "_"])
-    return dataset.to_table().to_pandas()
+    if fs.get_file_info(p).type == pafs.FileType.NotFound:
+        raise FileNotFoundError(f"{path}: no such file or folder")
+    files = [f"{p.rstrip('/')}/{rel}" if rel else p for rel in _trial_names(fs, p)]
+    return pads.dataset(files, filesystem=fs, format="parquet", schema=SCHEMA).to_table().to_pandas()
+
+
+@dataclass(frozen=True)
+class TrialFile:
+    """One trial file as read: where it is, its rows and its metadata (keys and values as text)."""
+
+    path: str | Path
+    rows: list[dict[str, Any]]
+    meta: dict[str, str]
+
+
+def read_trials(path: str | os.PathLike) -> list[TrialFile]:
+    """Every trial file under ``path``, read; raises ResultsError naming ``path`` when it is not there
+    or holds no trial files, or naming the file that cannot be read."""
+    where = f"RESULTS_DIR {str(path)!r}"
+    try:
+        files = trial_files(path)
+        if not files and not exists(path):
+            raise ResultsError(f"{where}: no such folder (give results/<sweep> as written by python -m raybench.sweep)")
+    except (pa.ArrowInvalid, OSError) as e:  # an unknown scheme, an unreachable store
+        raise ResultsError(f"{where}: cannot be listed ({e})") from None
+    if not files:
+        raise ResultsError(f"{where}: no trial files (*.parquet) in it; run python -m raybench.sweep first, or "
+                           f"give the sweep's folder")
+    trials = []
+    for f in files:
+        try:
+            trials.append(TrialFile(f, *read_trial(f)))
+        except (pa.ArrowInvalid, OSError) as e:
+            raise ResultsError(f"{f}: not a readable trial file ({e})") from None
+    return trials
+
+
+@dataclass(frozen=True)
+class Results:
+    """Every epoch row, and per trial (``TRIAL_KEY``) its file and its metadata (keys and values as text)."""
+
+    rows: pd.DataFrame
+    files: dict[tuple[str, str], str | Path]
+    meta: dict[tuple[str, str], dict[str, str]]
+
+    def config(self, key: tuple[str, str]) -> dict[str, Any]:
+        """The trial's resolved config (TrialSpec JSON), or {} when the file has none."""
+        try:
+            return trial_config(self.meta.get(key, {}))
+        except (KeyError, json.JSONDecodeError):
+            return {}
+
+
+def load(path: str | os.PathLike) -> Results:
+    """The rows (``read_results``) and the trials' files and metadata under ``path``; raises
+    ResultsError as ``read_trials`` does, or when the files hold no epoch rows."""
+    files, meta = {}, {}
+    for t in read_trials(path):
+        if t.rows:  # a file without rows says nothing
+            key = tuple(t.rows[0][k] for k in TRIAL_KEY)
+            files[key], meta[key] = t.path, t.meta
+    try:
+        rows = read_results(path)
+    except (pa.ArrowInvalid, OSError) as e:
+        raise ResultsError(f"RESULTS_DIR {str(path)!r}: cannot be read as one dataset ({e})") from None
+    if rows.empty:
+        raise ResultsError(f"RESULTS_DIR {str(path)!r}: the trial files hold no epoch rows yet")
+    return Results(rows, files, meta)

@@ -12,7 +12,7 @@ import socket
 import sys
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from raybench.spec import config as cfg
@@ -212,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
                 ray.shutdown()
         return 0
 
-    run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:6]
+    run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:6]
     started = session.init_ray(args.address)
     grid = None
     try:

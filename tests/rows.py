@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
-from datetime import datetime, timedelta, timezone
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import pandas as pd
 
@@ -18,7 +19,7 @@ from raybench import results
 from raybench.results import EpochRow
 from raybench.spec import config
 
-START = datetime(2025, 3, 1, 12, 0, tzinfo=timezone.utc)
+START = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 DEVICE = "AMD EPYC 7B13"
 
 SWEEP = {

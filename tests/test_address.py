@@ -56,4 +56,4 @@ def test_sweep_runs_on_a_cluster_started_with_ray_start(head, cifar_dir, tmp_pat
     assert "Started a local Ray instance" not in proc.stdout + proc.stderr  # it joined, it did not start one
     assert "Connecting to existing Ray cluster" in proc.stdout + proc.stderr
     df = pd.read_parquet(tmp_path / "r" / "scalability")
-    assert sorted(zip(df.workers, df.epoch)) == [(1, 1), (1, 2), (2, 1), (2, 2)]
+    assert sorted(zip(df.workers, df.epoch, strict=True)) == [(1, 1), (1, 2), (2, 1), (2, 2)]

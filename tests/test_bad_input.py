@@ -20,19 +20,21 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
 
-import rows
-from conftest import write_sweep
 from raybench.spec import config as cfg
 from raybench.worker import data as cifar
+
+import rows
+from conftest import write_sweep
 
 TIMEOUT_S = 120  # per subprocess; the slowest cases (import Ray, then refuse) take ~10 s on idle cores
 PARALLEL = 2

@@ -15,7 +15,7 @@ def test_shards_are_disjoint_cover_and_reshuffle():
     assert all(len(s) == n // world for s in shards)
     assert len(set(together.tolist())) == len(together)  # disjoint
     again = [cifar.shard_indices(n, r, world, seed=0, epoch=1) for r in range(world)]
-    assert all(torch.equal(a, b) for a, b in zip(shards, again))  # reproducible from the seed
+    assert all(torch.equal(a, b) for a, b in zip(shards, again, strict=True))  # reproducible from the seed
     nxt = cifar.shard_indices(n, 0, world, seed=0, epoch=2)
     assert not torch.equal(nxt, shards[0])  # reshuffled each epoch
     assert not torch.equal(cifar.shard_indices(n, 0, world, seed=1, epoch=1), shards[0])

@@ -15,12 +15,14 @@ import pandas as pd
 import pytest
 import torch
 
-from raybench.worker import data as cifar
 from raybench import dawnbench, results
-from raybench.analysis import metrics
+from raybench.analysis import inference, metrics
 from raybench.models import build
+from raybench.worker import checkpoint as ckpt
+from raybench.worker import data as cifar
 from raybench.worker.checkpoint import STATE_FILE, TRIAL_FILE
 from raybench.worker.setup import make_optimizer
+
 from rows import scaling_sweep, trial
 
 REPO = Path(__file__).resolve().parent.parent
@@ -205,13 +207,13 @@ def test_infer_cli_on_a_checkpoint(checkpoint, cifar_dir, tmp_path):
 
 
 def test_one_at_a_time_matches_a_batched_forward(checkpoint):
-    state, spec = dawnbench.load_checkpoint(checkpoint)
+    state, spec = ckpt.read(checkpoint)
     model = build(spec.arch, spec.depth, spec.version)
     model.load_state_dict(state["model"])
     g = torch.Generator().manual_seed(1)
     x = torch.randint(0, 256, (40, 3, 32, 32), dtype=torch.uint8, generator=g)
     y = torch.randint(0, 10, (40,), generator=g)
-    latencies, correct = dawnbench.classify_one_at_a_time(model, x, y, torch.device("cpu"), warmup=2)
+    latencies, correct = inference.classify_one_at_a_time(model, x, y, torch.device("cpu"), warmup=2)
     with torch.inference_mode():
         expected = int((model(cifar.normalize(x)).argmax(1) == y).sum())
     assert len(latencies) == 40 and min(latencies) > 0

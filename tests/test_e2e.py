@@ -1,8 +1,8 @@
 """End to end on a real local Ray (2 CPUs), real gloo DDP, real Parquet: one Ray session for the module."""
 import copy
+import json
 import os
 import subprocess
-import json
 import sys
 
 import pandas as pd
@@ -12,8 +12,9 @@ import ray.train
 import torch
 from torch.distributed.algorithms.ddp_comm_hooks import powerSGD_hook
 
-from conftest import write_sweep
 from raybench import results, sweep
+
+from conftest import write_sweep
 
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray workers cannot import tests/
 pytestmark = pytest.mark.usefixtures("ray_session")
@@ -23,7 +24,7 @@ def test_smoke_scalability_writes_one_row_per_trial_and_epoch(cifar_dir, tmp_pat
     assert sweep.main(["scalability", "--smoke", "--data", str(cifar_dir), "--results", str(tmp_path)]) == 0
     df = pd.read_parquet(tmp_path / "scalability")
     assert list(df.columns) == list(results.COLUMNS)
-    assert sorted(zip(df.workers, df.epoch)) == [(1, 1), (1, 2), (2, 1), (2, 2)]
+    assert sorted(zip(df.workers, df.epoch, strict=True)) == [(1, 1), (1, 2), (2, 1), (2, 2)]
     assert df.notna().drop(columns=["bandwidth_mbps"]).all().all()
     for col in ("train_top1", "test_top1"):
         assert df[col].between(0, 1).all()
@@ -60,9 +61,9 @@ def _sync_check(config):
     import torch.distributed as dist
     import torch.nn.functional as F
 
-    from raybench.worker import data as cifar
-    from raybench.spec.config import TrialSpec
     from raybench.models import build
+    from raybench.spec.config import TrialSpec
+    from raybench.worker import data as cifar
     from raybench.worker.setup import Worker, make_ddp, make_optimizer
 
     trial = TrialSpec.model_validate(config["trial"])

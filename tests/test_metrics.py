@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from raybench.analysis import metrics
+
 from rows import epoch_rows, frame, trial, trials
 
 # One trial: epochs of 10 s each, so train_seconds = 10, 20, 30, 40.

@@ -3,7 +3,6 @@ import os
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -75,3 +74,20 @@ def test_dry_run_rejects_trials_this_machine_cannot_hold(tmp_path, fields, needs
                           text=True)
     assert proc.returncode == 2
     assert needs in proc.stderr
+
+
+def test_the_schema_table_names_every_column_of_epochrow():
+    from raybench import results
+
+    table = README.split("## Results: one row per (trial, epoch)", 1)[1].split("\n## ", 1)[0]
+    named = set(re.findall(r"`(\w+)`", "\n".join(line.split("|")[1] for line in table.splitlines()
+                                                   if line.startswith("| `"))))
+    assert named == set(results.COLUMNS)
+
+
+def test_ruff_is_configured_and_run_by_ci():
+    import tomllib
+
+    lint = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["ruff"]["lint"]
+    assert {"F", "E", "I", "UP", "B"} <= set(lint["select"])
+    assert re.search(r"^ruff check \.$", (ROOT / ".ci" / "run").read_text(), re.M)

@@ -7,10 +7,10 @@ import time
 from pathlib import Path
 
 import psutil
-import pytest
+
+from raybench import results
 
 from conftest import write_sweep
-from raybench import results
 
 
 def start(args, tmp_path, cifar_dir) -> subprocess.Popen:

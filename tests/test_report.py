@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from raybench import report
+from raybench import report, results
+from raybench.analysis import tables
+
 from rows import epoch_rows, scaling_sweep, trials, write
 
 REPO = Path(__file__).resolve().parent.parent
@@ -65,7 +67,7 @@ def test_scaling_sweep_report(scaling_run):
 
 def test_summary_line_matches_the_synthetic_trial(scaling_run):
     specs, _, run = scaling_run
-    line = next(l for l in run.stdout.splitlines() if l.strip().startswith(specs[0].trial_id))
+    line = next(s for s in run.stdout.splitlines() if s.strip().startswith(specs[0].trial_id))
     # 1 worker: 40 s epochs, accuracies 30/45/55/60%: target 50% at 120 s, budget 100 s -> epoch 2 (45%).
     assert re.search(r"\b1 +unlimited +0 ms +4 +complete +50\.00% +120\.0 +100 +45\.00% +60\.00% +1250\.0 +0\.00%",
                      line), line
@@ -102,11 +104,11 @@ def test_missing_baseline_is_named_in_a_note(tmp_path, capsys):
 def test_target_and_budget_come_from_metadata_unless_overridden(tmp_path):
     spec = trials(workers=[1], goal={"target_top1": 0.4, "time_budget_s": 25})[0]
     write(tmp_path, spec, epoch_rows(spec, [0.3, 0.45, 0.6], epoch_seconds=10.0))
-    res = report.load(tmp_path)
-    table = report.summary(res, *report.goals(res)).iloc[0]
+    res = results.load(tmp_path)
+    table = tables.summary(res, *tables.goals(res)).iloc[0]
     assert (table["target_top1"], table["time_to_target_s"]) == (0.4, 20.0)
     assert (table["budget_s"], table["top1_after_budget"]) == (25, 0.45)
-    table = report.summary(res, *report.goals(res, target=0.55, budget=35.0)).iloc[0]
+    table = tables.summary(res, *tables.goals(res, target=0.55, budget=35.0)).iloc[0]
     assert (table["time_to_target_s"], table["top1_after_budget"]) == (30.0, 0.6)
 
 

@@ -12,11 +12,12 @@ import sys
 import pytest
 import torch
 
-from conftest import ROOT, one_rank_gloo, write_sweep
-from raybench.spec import config as cfg
-from raybench.spec.config import ConfigError
 from raybench.models import build
 from raybench.models.resnet9 import ResNet9, resnet9
+from raybench.spec import config as cfg
+from raybench.spec.config import ConfigError
+
+from conftest import ROOT, one_rank_gloo, write_sweep
 
 PARAMS = 6_573_120  # as in resnet9's docstring; Page's network is commonly quoted as 6.57 M
 
@@ -78,7 +79,8 @@ def test_a_resnet9_sweep_file_validates(tmp_path) -> None:
     path = write_sweep(tmp_path / "r9.yaml", name="r9", model={"arch": "resnet9", "depth": [9], "version": ["v1"]},
                        workers=[1, 2])
     trials = cfg.expand(cfg.load(str(path)))
-    assert [(t.arch, t.depth, t.version, t.workers) for t in trials] == [("resnet9", 9, "v1", 1), ("resnet9", 9, "v1", 2)]
+    assert [(t.arch, t.depth, t.version, t.workers) for t in trials] == [
+        ("resnet9", 9, "v1", 1), ("resnet9", 9, "v1", 2)]
     assert {t.model_name for t in trials} == {"resnet9"}
     assert [t.trial_id for t in trials] == ["resnet9_w1_cpu_bwinf_lat0_allreduce_s0",
                                             "resnet9_w2_cpu_bwinf_lat0_allreduce_s0"]
@@ -166,7 +168,8 @@ def test_one_epoch_through_the_loop(cifar_dir, process_group) -> None:
         "schedule": {"batch_per_worker": 32, "warmup_epochs": 0, "milestones": [], "epochs": 1},
         "goal": {"time_budget_s": None}, "data": {"train_images": 64, "test_images": 32}}))
     rows = []
-    run(t, Worker(0, 1, torch.device("cpu")), cifar.load(cifar_dir), "run", lambda row, ckpt: rows.append(row.to_dict()))
+    run(t, Worker(0, 1, torch.device("cpu")), cifar.load(cifar_dir), "run",
+        lambda row, ckpt: rows.append(row.to_dict()))
     (row,) = rows
     assert (row["model"], row["depth"], row["version"]) == ("resnet9", 9, "v1")
     assert row["trial_id"] == "resnet9_w1_cpu_bwinf_lat0_allreduce_s0"
@@ -175,8 +178,9 @@ def test_one_epoch_through_the_loop(cifar_dir, process_group) -> None:
 
 
 def test_dawnbench_export_names_it_resnet9() -> None:
-    from raybench import dawnbench
+    from raybench.analysis import dawnbench
+    from raybench.models import display_name
 
-    assert dawnbench.model_name("resnet9", 9, "v1") == "ResNet-9"
+    assert display_name("resnet9", 9, "v1") == "ResNet-9"
     assert dawnbench.model_tag("resnet9", 9, "v1", 1) == "resnet9-w1"
     assert dawnbench.model_tag("resnet", 20, "v1", 2) == "resnet20v1-w2"  # unchanged

@@ -2,7 +2,7 @@
 import json
 import os
 import subprocess
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pandas as pd
 import pytest
@@ -17,7 +17,7 @@ def row(epoch: int, trial: str = "t1", **over):
              bandwidth_mbps=None, latency_ms=0.0, batch_per_worker=128, global_batch=128, lr=0.1, seed=0,
              epoch=epoch, train_seconds=10.0 * epoch, epoch_seconds=10.0, eval_seconds=1.0, compute_seconds=9.0,
              comm_seconds=1.0, simulated_delay_seconds=0.0, images_per_second=100.0, train_loss=1.0,
-             train_top1=0.5, test_loss=1.0, test_top1=0.5, timestamp=datetime.now(timezone.utc))
+             train_top1=0.5, test_loss=1.0, test_top1=0.5, timestamp=datetime.now(UTC))
     r.update(over)
     return r
 
@@ -62,7 +62,7 @@ def test_failed_write_keeps_the_earlier_file(tmp_path):
     try:
         if os.access(tmp_path, os.W_OK):  # root ignores modes; use a real unwritable target instead
             os.chmod(tmp_path, 0o700)
-            (tmp_path / ".t1.parquet.{}.tmp".format(os.getpid())).mkdir()  # the temp name is taken by a folder
+            (tmp_path / f".t1.parquet.{os.getpid()}.tmp").mkdir()  # the temp name is taken by a folder
         with pytest.raises(OSError):
             results.write_trial(path, results.to_table([row(1), row(2)], META))
     finally:
@@ -126,3 +126,27 @@ def test_uris_go_through_pyarrow_filesystems(tmp_path):
     rows, meta = results.read_trial(path)
     assert [r["epoch"] for r in rows] == [1, 2] and meta["raybench.status"] == "complete"
     assert len(results.read_results(uri)) == 2 == len(pd.read_parquet(tmp_path / "bucket" / "sweep"))
+
+
+def test_one_discovery_for_paths_and_uris_in_a_folder_of_sweeps(tmp_path):
+    for sweep, trial in (("a", "t1"), ("a", "t2"), ("b", "t1")):
+        table = results.to_table([row(1, trial, sweep=sweep)], META)
+        results.write_trial(results.trial_path(tmp_path / sweep, trial), table)
+    (tmp_path / "a" / "_ray").mkdir()
+    (tmp_path / "a" / "_ray" / "state.parquet").write_bytes(b"Ray's, not a trial")
+    (tmp_path / "b" / ".t9.parquet.1.tmp").write_bytes(b"half a file")
+    (tmp_path / "_report").mkdir()
+    (tmp_path / "_report" / "index.html").write_text("<html/>")
+    expected = ["a/t1.parquet", "a/t2.parquet", "b/t1.parquet"]
+    assert results.trial_files(tmp_path) == [tmp_path / e for e in expected]
+    assert results.trial_files(f"file://{tmp_path}") == [f"file://{tmp_path}/{e}" for e in expected]
+    assert results.trial_files(tmp_path / "a" / "t2.parquet") == [tmp_path / "a" / "t2.parquet"]
+    assert results.trial_files(tmp_path / "missing") == []
+    assert len(results.read_results(f"file://{tmp_path}")) == 3 == len(results.read_results(tmp_path))
+    loaded = results.load(f"file://{tmp_path}")
+    assert list(loaded.files) == [("a", "t1"), ("a", "t2"), ("b", "t1")]
+    assert loaded.files[("b", "t1")] == f"file://{tmp_path}/b/t1.parquet"
+    with pytest.raises(results.ResultsError, match="no such folder"):
+        results.load(tmp_path / "missing")
+    with pytest.raises(results.ResultsError, match="no trial files"):
+        results.read_trials(tmp_path / "_report")

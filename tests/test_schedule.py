@@ -21,7 +21,7 @@ def test_warmup_is_linear_from_the_one_worker_lr():
     assert lr_at(25, spe, S, 8) == pytest.approx(0.05 + (0.4 - 0.05) * 2.5 / 5)
     assert lr_at(50, spe, S, 8) == pytest.approx(0.4)  # warm-up ends after 5 epochs
     lrs = [lr_at(s, spe, S, 8) for s in range(51)]
-    assert all(b > a for a, b in zip(lrs, lrs[1:-1]))
+    assert all(b > a for a, b in zip(lrs, lrs[1:-1], strict=False))
 
 
 def test_one_worker_has_a_flat_warmup():
@@ -46,7 +46,7 @@ def test_lambda_lr_follows_lr_at():
     opt = torch.optim.SGD([p], lr=peak_lr(S, 4))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(S, 4, 3))
     seen = []
-    for step in range(3 * 90):
+    for _step in range(3 * 90):
         seen.append(opt.param_groups[0]["lr"])
         opt.step()
         sched.step()

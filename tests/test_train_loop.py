@@ -4,12 +4,13 @@ import shutil
 import pytest
 import torch
 
-from conftest import one_rank_gloo
 from raybench.spec import config as cfg
 from raybench.worker import data as cifar
 from raybench.worker.checkpoint import load_state
 from raybench.worker.loop import run
 from raybench.worker.setup import Worker
+
+from conftest import one_rank_gloo
 
 CPU = Worker(0, 1, torch.device("cpu"))
 

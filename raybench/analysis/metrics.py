@@ -7,18 +7,19 @@ A trial is identified by (sweep, trial_id), since one trial id can appear in sev
 from __future__ import annotations
 
 import math
-from typing import Callable, Mapping, Optional, Union
+from collections.abc import Callable, Mapping
 
 import pandas as pd
 
-TRIAL_KEY = ("sweep", "trial_id")
+from raybench.results import TRIAL_KEY
+
 # Trials that differ only in the number of workers: speedup compares within one such group.
 CONFIG_KEY = ("sweep", "model", "depth", "version", "algorithm", "hardware", "bandwidth_mbps", "latency_ms",
               "batch_per_worker", "seed")
 
-TimeMetric = Callable[[pd.DataFrame], Optional[float]]
+TimeMetric = Callable[[pd.DataFrame], float | None]
 # A target or a budget: one value for every trial, or one per trial keyed by (sweep, trial_id).
-PerTrial = Union[float, None, Mapping[tuple[str, str], Optional[float]]]
+PerTrial = float | None | Mapping[tuple[str, str], float | None]
 
 
 class MissingBaseline(ValueError):
@@ -148,7 +149,7 @@ def describe_config(config: Mapping) -> str:
 def _config_groups(rows: pd.DataFrame):
     """(config dict, rows) per configuration; an unlimited bandwidth (null) is a value like any other."""
     for key, group in rows.groupby(list(CONFIG_KEY), sort=True, dropna=False):
-        yield dict(zip(CONFIG_KEY, key)), group
+        yield dict(zip(CONFIG_KEY, key, strict=True)), group
 
 
 def scaling(rows: pd.DataFrame, time_metric: TimeMetric, strict: bool = True) -> pd.DataFrame:
@@ -174,7 +175,7 @@ def scaling(rows: pd.DataFrame, time_metric: TimeMetric, strict: bool = True) ->
             raise ValueError(f"more than one 1-worker trial for configuration {describe_config(config)}: "
                              f"{', '.join(t for (_, t), _ in base)}")
         t1 = base[0][1]
-        for (sweep, trial_id), (workers, tp) in times.items():
+        for (_, trial_id), (workers, tp) in times.items():
             speed = t1 / tp if t1 is not None and tp is not None and tp > 0 else math.nan
             out.append(config | {"trial_id": trial_id, "workers": workers, "baseline_seconds": t1,
                                  "seconds": tp, "speedup": speed, "efficiency": speed / workers})

@@ -7,11 +7,20 @@ from __future__ import annotations
 
 import itertools
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo,
-                      field_validator, model_validator)
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from raybench.models import ARCHS, model_name
 from raybench.worker.comm import ALGORITHMS
@@ -97,7 +106,7 @@ class ModelGrid(_Strict):
         return data
 
 
-Bandwidth = Annotated[Union[float, str], BeforeValidator(_bandwidth)]
+Bandwidth = Annotated[float | str, BeforeValidator(_bandwidth)]
 
 
 class NetworkGrid(_Strict):
@@ -124,7 +133,7 @@ class Schedule(_Strict):
     @field_validator("milestones")
     @classmethod
     def _increasing(cls, v: list[int]) -> list[int]:
-        if any(b <= a for a, b in zip(v, v[1:])):
+        if any(b <= a for a, b in zip(v, v[1:], strict=False)):
             raise ValueError("must be strictly increasing")
         return v
 

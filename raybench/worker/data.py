@@ -39,12 +39,12 @@ class Cifar10:
     test_y: torch.Tensor
     source: str  # DATASET_OFFICIAL or DATASET_LOCAL
 
-    def subset(self, train_images: int | None, test_images: int | None) -> "Cifar10":
+    def subset(self, train_images: int | None, test_images: int | None) -> Cifar10:
         """The first images of each split (the files are already in random order)."""
         return Cifar10(self.train_x[:train_images], self.train_y[:train_images],
                        self.test_x[:test_images], self.test_y[:test_images], self.source)
 
-    def to(self, device: torch.device) -> "Cifar10":
+    def to(self, device: torch.device) -> Cifar10:
         return Cifar10(self.train_x.to(device), self.train_y.to(device), self.test_x.to(device),
                        self.test_y.to(device), self.source)
 
@@ -129,7 +129,7 @@ def download_official(root: Path = DEFAULT_CACHE) -> None:
     folder = root / BATCHES
     cached = [folder / name for name, _ in CIFAR10.train_list + CIFAR10.test_list]
     if all(p.is_file() for p in cached):
-        bad = [p.name for (name, md5), p in zip(CIFAR10.train_list + CIFAR10.test_list, cached)
+        bad = [p.name for (name, md5), p in zip(CIFAR10.train_list + CIFAR10.test_list, cached, strict=True)
                if not check_integrity(str(p), md5)]
         if not bad:
             return

@@ -10,9 +10,9 @@ MLBench's reference.
 from __future__ import annotations
 
 import time
-from datetime import datetime, timezone
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.distributed as dist
@@ -150,7 +150,7 @@ def run(trial: TrialSpec, worker: Worker, ds: cifar.Cifar10, run_id: str, report
             comm_seconds=tr["comm_seconds"], simulated_delay_seconds=tr["simulated_delay_seconds"],
             images_per_second=images / tr["seconds"], train_loss=loss_sum / images,
             train_top1=correct / images, test_loss=te_loss / te_n, test_top1=te_correct / te_n,
-            budget_cut=tr["cut"], timestamp=datetime.now(timezone.utc),
+            budget_cut=tr["cut"], timestamp=datetime.now(UTC),
         )
         if worker.rank == 0:
             with checkpoint.scratch() as tmp:

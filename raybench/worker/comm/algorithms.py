@@ -75,12 +75,10 @@ class Comm:
     def __init__(self, hook: LinkHook, averager: LocalSGDAverager | None = None) -> None:
         self.hook, self.averager = hook, averager
 
-    def after_backward(self) -> None:
-        """Close the step's communication timing (every bucket has been reduced by now)."""
-        self.hook.end_step()
-
     def after_step(self, module: torch.nn.Module) -> None:
-        """After the optimizer step: local SGD's periodic parameter averaging; nothing otherwise."""
+        """After the optimizer step: close the step's communication timing (backward has reduced
+        every bucket by now), then local SGD's periodic parameter averaging."""
+        self.hook.end_step()
         if self.averager is not None:
             self.averager.after_step(module)
 
