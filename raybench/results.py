@@ -61,7 +61,8 @@ class EpochRow:
     seed: int = _col(pa.int64(), "seed of the trial")
     epoch: int = _col(pa.int32(), "epoch number, from 1")
     train_seconds: float = _col(pa.float64(), "cumulative training time up to the end of this epoch; no evaluation")
-    epoch_seconds: float = _col(pa.float64(), "training time of this epoch alone (its share of train_seconds)")
+    epoch_seconds: float = _col(
+        pa.float64(), "training time of this epoch alone (its share of train_seconds), the slowest rank's")
     eval_seconds: float = _col(pa.float64(), "time spent evaluating on the test set after this epoch")
     compute_seconds: float = _col(pa.float64(), "epoch_seconds not spent waiting on communication")
     comm_seconds: float = _col(
@@ -75,7 +76,8 @@ class EpochRow:
     train_loss: float = _col(pa.float64(), "mean training loss over the epoch")
     train_top1: float = _col(pa.float64(), "training top-1 accuracy over the epoch (augmented images)")
     test_loss: float = _col(pa.float64(), "mean test loss after the epoch")
-    test_top1: float = _col(pa.float64(), "test top-1 accuracy after the epoch")
+    test_top1: float = _col(
+        pa.float64(), "test top-1 accuracy after the epoch, of the rank-average model the checkpoint holds")
     budget_cut: bool = _col(pa.bool_(), "true when goal.time_budget_s ran out during this epoch and cut it short")
     timestamp: datetime = _col(pa.timestamp("us", tz="UTC"), "when the epoch's row was reported")
 

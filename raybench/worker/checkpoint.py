@@ -1,9 +1,17 @@
 """The checkpoint format, in one place: what a checkpoint holds, how it is written and read.
 
-A checkpoint is a folder of two files: ``state.pt`` (model weights, optimizer and scheduler
-state, the epoch, the training time so far, the torch RNG state; plain tensors and numbers,
-loaded with ``weights_only=True``) and ``trial.json`` (the TrialSpec that trained it). The
-training loop writes one after every epoch (rank 0), a restart and ``dawnbench infer`` read it.
+A checkpoint is a folder of two files: ``state.pt`` and ``trial.json`` (the TrialSpec that
+trained it). ``state.pt`` holds plain tensors and numbers only (loaded with ``weights_only=True``):
+
+- ``model``: the model the epoch's row was measured on (the rank average, see
+  ``worker.evaluation``); what ``dawnbench infer`` loads;
+- ``optimizer``, ``scheduler``, ``epoch``, ``train_seconds``, ``torch_rng``: rank 0's;
+- ``ranks``: per rank, what that rank alone holds and an exact restart needs: its batch-norm
+  buffers, its communication state (PowerSGD's error feedback, factors and RNG), its RNG state,
+  and under local SGD its own weights and optimizer state.
+
+The training loop writes one after every epoch (rank 0, after gathering every rank's part); a
+restart and ``dawnbench infer`` read it. Checkpoints written before ``ranks`` existed still load.
 """
 from __future__ import annotations
 
@@ -25,14 +33,25 @@ class CheckpointError(ValueError):
     """Not a readable raybench checkpoint: the message says which file and what is wrong."""
 
 
-def save(folder: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, sched, trial: TrialSpec, epoch: int,
-         train_seconds: float) -> None:
-    """Write the checkpoint of ``trial`` after ``epoch`` into ``folder``."""
+def save(folder: Path, *, model: dict, optimizer: dict, scheduler: dict, trial: TrialSpec, epoch: int,
+         train_seconds: float, ranks: list[dict]) -> None:
+    """Write the checkpoint of ``trial`` after ``epoch`` into ``folder`` (state dicts as given)."""
     folder.mkdir(parents=True, exist_ok=True)
-    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                "epoch": epoch, "train_seconds": train_seconds, "torch_rng": torch.get_rng_state()},
+    torch.save({"model": model, "optimizer": optimizer, "scheduler": scheduler, "epoch": epoch,
+                "train_seconds": train_seconds, "torch_rng": torch.get_rng_state(), "ranks": ranks},
                folder / STATE_FILE)
     (folder / TRIAL_FILE).write_text(trial.model_dump_json())
+
+
+def to_cpu(obj: Any) -> Any:
+    """``obj`` with every tensor inside it (dicts, lists, tuples) copied to the CPU, for sending."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(to_cpu(v) for v in obj)
+    return obj
 
 
 def load_state(folder: Path, device: torch.device | str = "cpu") -> dict[str, Any]:

@@ -1,11 +1,12 @@
 """The per-worker loop: synchronous data-parallel SGD with PyTorch DDP, one row reported per epoch.
 
 Plain PyTorch, no Ray: ``driver.train.train_worker`` hands this module a trial, a data set and a
-``report`` callable. Each epoch: train on this rank's shard, evaluate on this rank's share of the
-test set, sum the counts over ranks, report the row with a checkpoint. ``epoch_seconds`` covers
-the training steps only (data, forward, backward with communication, optimizer), not evaluation
-or checkpointing. Batch-norm statistics stay per worker (``forward_sync_buffers=False``), as in
-MLBench's reference.
+``report`` callable. Each epoch: train on this rank's shard, agree on the epoch's times (the
+slowest rank's), evaluate the rank-average model (``evaluation``) on this rank's share of the
+test set, sum the counts over ranks, report the row with a checkpoint of exactly that model.
+``epoch_seconds`` covers the training steps only (data, forward, backward with communication,
+optimizer), not evaluation or checkpointing. During training, batch-norm statistics stay per
+worker (``forward_sync_buffers=False``), as in MLBench's reference.
 """
 from __future__ import annotations
 
@@ -22,25 +23,28 @@ from raybench.results import EpochRow
 from raybench.spec.config import TrialSpec
 from raybench.worker import checkpoint
 from raybench.worker import data as cifar
+from raybench.worker.evaluation import consensus_model, evaluate
 from raybench.worker.setup import Setup, Worker, device_name, prepare
 
 Report = Callable[[EpochRow, Path | None], None]
+Clock = Callable[[], float]
 
 
-def _budget_spent(t0: float, budget_left: float, worker: Worker) -> bool:
-    """Whether rank 0's clock says the time budget is spent; every rank gets rank 0's answer."""
-    flag = torch.tensor([float(time.perf_counter() - t0 >= budget_left)], device=worker.device)
+def _over_ranks(values: list[float], worker: Worker, op: dist.ReduceOp.RedOpType = dist.ReduceOp.SUM) -> list[float]:
+    """``values`` reduced over ranks (sum, or max for times); every rank gets the same list."""
+    t = torch.tensor(values, dtype=torch.float64, device=worker.device)  # NCCL reduces device tensors only
     if worker.world > 1:
-        dist.broadcast(flag, src=0)
-    return bool(flag.item())
+        dist.all_reduce(t, op=op)
+    return t.tolist()
 
 
-def train_epoch(s: Setup, epoch: int, budget_left: float | None = None) -> dict[str, float]:
+def train_epoch(s: Setup, epoch: int, budget_left: float | None = None,
+                clock: Clock = time.perf_counter) -> dict[str, float]:
     """One epoch over this rank's shard. Returns this rank's sums and the epoch's wall time.
 
     With ``budget_left`` (seconds), the epoch stops after the step during which the budget ran
-    out (``cut`` in the result); the check costs one tiny broadcast per step, so callers pass it
-    only for epochs in which the budget can run out.
+    out on the slowest rank's clock (``cut`` in the result): one max-all-reduce of one float per
+    step, so callers pass it only for epochs in which the budget can run out.
     """
     # ---------------------------------------------------------------- this epoch's shard and streams
     trial, worker, ds, ddp, opt, sched = s.trial, s.worker, s.ds, s.ddp, s.opt, s.sched
@@ -61,11 +65,12 @@ def train_epoch(s: Setup, epoch: int, budget_left: float | None = None) -> dict[
     if cuda:  # on the GPU, CUDA events time what the device did
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
-    t0 = time.perf_counter()
+    t0 = clock()
     done, cut, lr = 0, False, opt.param_groups[0]["lr"]
     for step in range(len(idx) // bs):
-        if budget_left is not None and step > 0 and _budget_spent(t0, budget_left, worker):
-            cut = True
+        if budget_left is not None and step > 0 and _over_ranks([clock() - t0], worker, dist.ReduceOp.MAX)[0] \
+                >= budget_left:
+            cut = True  # every rank got the same answer from the same number
             break
         batch = idx[step * bs:(step + 1) * bs]
         x = cifar.normalize(cifar.augment(ds.train_x[batch], aug)).contiguous(memory_format=fmt)
@@ -82,7 +87,7 @@ def train_epoch(s: Setup, epoch: int, budget_left: float | None = None) -> dict[
         loss_sum += loss.detach() * len(y)
         correct += (out.argmax(1) == y).sum()
         done += 1
-    seconds = time.perf_counter() - t0
+    seconds = clock() - t0
     if cuda:
         end.record()
         end.synchronize()
@@ -94,48 +99,54 @@ def train_epoch(s: Setup, epoch: int, budget_left: float | None = None) -> dict[
             "lr": lr}
 
 
-@torch.no_grad()
-def evaluate(model: torch.nn.Module, ds: cifar.Cifar10, worker: Worker, batch: int = 500) -> tuple[float, int, int]:
-    """This rank's share of the test set (every image once over all ranks): loss sum, correct, count."""
-    model.eval()
-    idx = torch.arange(worker.rank, len(ds.test_y), worker.world, device=worker.device)
-    loss_sum, correct = 0.0, 0
-    for i in range(0, len(idx), batch):
-        b = idx[i:i + batch]
-        out = model(cifar.normalize(ds.test_x[b]))
-        loss_sum += float(F.cross_entropy(out, ds.test_y[b], reduction="sum"))
-        correct += int((out.argmax(1) == ds.test_y[b]).sum())
-    return loss_sum, correct, len(idx)
+def _rank_state(s: Setup) -> dict:
+    """What this rank alone holds and an exact restart needs (see ``checkpoint``)."""
+    own = {"buffers": {n: b for n, b in s.ddp.module.named_buffers()}, "comm": s.comm.state_dict(),
+           "torch_rng": torch.get_rng_state()}
+    if s.trial.algorithm == "localsgd":  # weights and momentum drift apart between averaging events
+        own |= {"model": s.ddp.module.state_dict(), "optimizer": s.opt.state_dict()}
+    return checkpoint.to_cpu(own)
 
 
-def _sum_over_ranks(values: list[float], worker: Worker) -> list[float]:
-    t = torch.tensor(values, dtype=torch.float64, device=worker.device)  # NCCL reduces device tensors only
-    if worker.world > 1:
-        dist.all_reduce(t)
-    return t.tolist()
+def _save(s: Setup, evaluated: torch.nn.Module, folder: Path | None, epoch: int, train_seconds: float) -> None:
+    """Every rank sends its own state to rank 0, which writes the checkpoint into ``folder``."""
+    mine = _rank_state(s)
+    ranks = [mine] if s.worker.world == 1 else [None] * s.worker.world
+    if s.worker.world > 1:
+        dist.gather_object(mine, ranks if s.worker.rank == 0 else None, dst=0)
+    if folder is not None:
+        checkpoint.save(folder, model=evaluated.state_dict(), optimizer=s.opt.state_dict(),
+                        scheduler=s.sched.state_dict(), trial=s.trial, epoch=epoch, train_seconds=train_seconds,
+                        ranks=ranks)
 
 
 def run(trial: TrialSpec, worker: Worker, ds: cifar.Cifar10, run_id: str, report: Report,
-        restore: Path | None = None) -> None:
+        restore: Path | None = None, clock: Clock = time.perf_counter) -> None:
     """Train the trial on this worker, calling ``report(row, checkpoint_dir)`` after every epoch
-    (the checkpoint folder on rank 0, None elsewhere)."""
+    (the checkpoint folder on rank 0, None elsewhere). Every decision (budget, target) is taken
+    from numbers all ranks agree on, so all ranks leave the loop at the same step."""
     s = prepare(trial, worker, ds, restore)
     name = device_name(worker.device)
     budget, last_epoch_seconds, train_seconds = trial.goal.time_budget_s, None, s.train_seconds
 
     for epoch in range(s.start_epoch, trial.schedule.epochs + 1):
-        # ---------------------------------------------------------------- train, evaluate, sum over ranks
+        # ---------------------------------------------------------------- train; agree on the times
         budget_left = None
         if budget is not None and (last_epoch_seconds is None or train_seconds + 1.5 * last_epoch_seconds >= budget):
             budget_left = budget - train_seconds
-        tr = train_epoch(s, epoch, budget_left)
-        last_epoch_seconds = tr["seconds"]
-        t_eval = time.perf_counter()
-        test_loss, test_correct, test_n = evaluate(s.ddp.module, s.ds, worker)
-        loss_sum, correct, images, te_loss, te_correct, te_n = _sum_over_ranks(
+        tr = train_epoch(s, epoch, budget_left, clock)
+        epoch_seconds, comm_seconds, delay_seconds = _over_ranks(
+            [tr["seconds"], tr["comm_seconds"], tr["simulated_delay_seconds"]], worker, dist.ReduceOp.MAX)
+        last_epoch_seconds = epoch_seconds
+        train_seconds += epoch_seconds
+
+        # ---------------------------------------------------------------- evaluate the one model
+        t_eval = clock()
+        evaluated = consensus_model(s.ddp.module, worker.world, average_weights=trial.algorithm == "localsgd")
+        test_loss, test_correct, test_n = evaluate(evaluated, s.ds, worker.rank, worker.world, worker.device)
+        loss_sum, correct, images, te_loss, te_correct, te_n = _over_ranks(
             [tr["loss_sum"], tr["correct"], tr["images"], test_loss, test_correct, test_n], worker)
-        eval_seconds = time.perf_counter() - t_eval
-        train_seconds += tr["seconds"]
+        (eval_seconds,) = _over_ranks([clock() - t_eval], worker, dist.ReduceOp.MAX)
 
         # ---------------------------------------------------------------- the row and the checkpoint
         row = EpochRow(
@@ -145,19 +156,17 @@ def run(trial: TrialSpec, worker: Worker, ds: cifar.Cifar10, run_id: str, report
             cpus_per_worker=trial.cpus_per_worker, precision=trial.precision,
             bandwidth_mbps=trial.bandwidth_mbps, latency_ms=trial.latency_ms,
             batch_per_worker=trial.schedule.batch_per_worker, global_batch=trial.global_batch, lr=tr["lr"],
-            seed=trial.seed, epoch=epoch, train_seconds=train_seconds, epoch_seconds=tr["seconds"],
-            eval_seconds=eval_seconds, compute_seconds=max(0.0, tr["seconds"] - tr["comm_seconds"]),
-            comm_seconds=tr["comm_seconds"], simulated_delay_seconds=tr["simulated_delay_seconds"],
-            images_per_second=images / tr["seconds"], train_loss=loss_sum / images,
+            seed=trial.seed, epoch=epoch, train_seconds=train_seconds, epoch_seconds=epoch_seconds,
+            eval_seconds=eval_seconds, compute_seconds=max(0.0, epoch_seconds - comm_seconds),
+            comm_seconds=comm_seconds, simulated_delay_seconds=delay_seconds,
+            images_per_second=images / epoch_seconds, train_loss=loss_sum / images,
             train_top1=correct / images, test_loss=te_loss / te_n, test_top1=te_correct / te_n,
             budget_cut=tr["cut"], timestamp=datetime.now(UTC),
         )
-        if worker.rank == 0:
-            with checkpoint.scratch() as tmp:
-                checkpoint.save(Path(tmp), s.ddp.module, s.opt, s.sched, trial, epoch, train_seconds)
-                report(row, Path(tmp))
-        else:
-            report(row, None)
+        with checkpoint.scratch() as tmp:
+            folder = Path(tmp) if worker.rank == 0 else None
+            _save(s, evaluated, folder, epoch, train_seconds)
+            report(row, folder)
         if tr["cut"] or (budget is not None and train_seconds >= budget):
             break  # the time budget is spent
         if trial.goal.stop_at_target and row.test_top1 >= trial.goal.target_top1:

@@ -94,6 +94,20 @@ def steps_per_epoch(n_train: int, trial: TrialSpec) -> int:
     return steps
 
 
+def _settle_buckets(ddp: DDP, communication: Comm, device: torch.device) -> None:
+    """One backward on a dummy batch, communicated by a plain all-reduce, before a restored state is
+    loaded. DDP lays its gradient buckets out anew after the first backward (in the order the
+    gradients became ready), and the algorithms' per-bucket state (PowerSGD's error feedback and
+    warm-start factors) is laid out like the buckets: a restored run must continue with the layout
+    that state was saved in, not with DDP's initial one."""
+    communication.hook.bypass = True
+    try:
+        ddp(torch.zeros(2, 3, 32, 32, device=device)).sum().backward()
+    finally:
+        communication.hook.bypass = False
+    ddp.zero_grad(set_to_none=True)
+
+
 def prepare(trial: TrialSpec, worker: Worker, ds: Cifar10, restore: Path | None = None) -> Setup:
     """Build the worker's training state, from ``restore`` (a checkpoint folder) when given."""
     torch.manual_seed(trial.seed)  # the same initial weights on every rank; DDP also broadcasts rank 0's
@@ -102,13 +116,21 @@ def prepare(trial: TrialSpec, worker: Worker, ds: Cifar10, restore: Path | None 
     spe = steps_per_epoch(len(ds.train_y), trial)
     ddp = wrap_ddp(model, trial, worker)
     opt, sched = make_optimizer(ddp, trial, spe)
-    start_epoch, train_seconds = 1, 0.0
+    communication = comm.attach(ddp, trial, worker.device)
+    start_epoch, train_seconds, mine = 1, 0.0, {}
     if restore is not None:
+        _settle_buckets(ddp, communication, worker.device)
         state = checkpoint.load_state(restore, worker.device)
-        ddp.module.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
+        mine = state["ranks"][worker.rank] if "ranks" in state else {}  # this rank's own part
+        ddp.module.load_state_dict(mine.get("model", state["model"]))
+        with torch.no_grad():
+            for name, buf in ddp.module.named_buffers():
+                if name in mine.get("buffers", {}):
+                    buf.copy_(mine["buffers"][name])
+        opt.load_state_dict(mine.get("optimizer", state["optimizer"]))
         sched.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["torch_rng"].cpu())
+        torch.set_rng_state(mine.get("torch_rng", state["torch_rng"]).cpu())
         start_epoch, train_seconds = state["epoch"] + 1, state["train_seconds"]
-    communication = comm.attach(ddp, trial, worker.device, steps_done=sched.last_epoch)
+    if restore is not None:
+        communication.restart(sched.last_epoch, mine.get("comm", {}))
     return Setup(trial, worker, ds, ddp, opt, sched, communication, spe, start_epoch, train_seconds)

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class Algorithm:
     """One communication algorithm: what it does, in a line, and its builder (``module:function``
-    taking ``(ddp, trial, device, steps_done)`` and returning a ``Comm``)."""
+    taking ``(ddp, trial, device)`` and returning a ``Comm``)."""
 
     summary: str
     builder: str
@@ -37,11 +37,10 @@ ALGORITHMS: dict[str, Algorithm] = {
 }
 
 
-def attach(ddp: torch.nn.parallel.DistributedDataParallel, trial: TrialSpec, device: torch.device,
-           steps_done: int = 0) -> Comm:
-    """Register the trial's algorithm as DDP's communication hook, behind the simulated link.
-    ``steps_done`` restores the algorithm's step counters after a checkpoint."""
+def attach(ddp: torch.nn.parallel.DistributedDataParallel, trial: TrialSpec, device: torch.device) -> Comm:
+    """Register the trial's algorithm as DDP's communication hook, behind the simulated link
+    (after a checkpoint, ``Comm.restart`` sets its step counters and state)."""
     if trial.algorithm not in ALGORITHMS:
         raise ValueError(f"algorithm {trial.algorithm!r} is not known; allowed: {', '.join(ALGORITHMS)}")
     module, function = ALGORITHMS[trial.algorithm].builder.split(":")
-    return getattr(importlib.import_module(module), function)(ddp, trial, device, steps_done)
+    return getattr(importlib.import_module(module), function)(ddp, trial, device)

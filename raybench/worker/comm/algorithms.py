@@ -13,7 +13,9 @@ with the bytes each one really puts on the wire (for the simulated link).
 from __future__ import annotations
 
 import time
+from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch.distributed.algorithms.ddp_comm_hooks import default_hooks, post_localSGD_hook, powerSGD_hook
@@ -65,15 +67,14 @@ class LocalSGDAverager:
             nbytes = sum(p.numel() * p.element_size() for p in module.parameters())
             self.hook.charge([nbytes], time.perf_counter() - t0)
 
-    def restore(self, steps_done: int) -> None:
-        self.averager.step = steps_done
-
 
 class Comm:
-    """A trial's communication, as the training step sees it: the three calls of the loop."""
+    """A trial's communication, as the training step sees it, and the state a restart needs."""
 
-    def __init__(self, hook: LinkHook, averager: LocalSGDAverager | None = None) -> None:
-        self.hook, self.averager = hook, averager
+    def __init__(self, hook: LinkHook, averager: LocalSGDAverager | None = None,
+                 powersgd: powerSGD_hook.PowerSGDState | None = None,
+                 localsgd: post_localSGD_hook.PostLocalSGDState | None = None) -> None:
+        self.hook, self.averager, self.powersgd, self.localsgd = hook, averager, powersgd, localsgd
 
     def after_step(self, module: torch.nn.Module) -> None:
         """After the optimizer step: close the step's communication timing (backward has reduced
@@ -86,6 +87,40 @@ class Comm:
         """The epoch's communication totals so far, and a fresh count."""
         return self.hook.take_stats()
 
+    def state_dict(self) -> dict[str, Any]:
+        """This rank's algorithm state (PowerSGD: error feedback, warm-start factors, RNG, step),
+        as plain tensors and numbers; step counters of the others come from the scheduler."""
+        if self.powersgd is None:
+            return {}
+        st = self.powersgd
+        name, keys, pos, has_gauss, cached = st.rng.get_state()
+        return {"error_dict": dict(st.error_dict), "p_memory_dict": dict(st.p_memory_dict),
+                "q_memory_dict": dict(st.q_memory_dict), "iter": st.iter,
+                "rng": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": pos,
+                        "has_gauss": has_gauss, "cached": cached},
+                "total_numel_before_compression": st.total_numel_before_compression,
+                "total_numel_after_compression": st.total_numel_after_compression}
+
+    def restart(self, steps_done: int, state: dict[str, Any]) -> None:
+        """Continue after ``steps_done`` optimizer steps from ``state_dict()``'s result (tensors
+        already on this rank's device; empty for a checkpoint that has none)."""
+        if self.powersgd is not None:
+            self.powersgd.iter = steps_done
+        if self.localsgd is not None:
+            self.localsgd.iter = min(steps_done, self.localsgd.start_localSGD_iter)
+        if self.averager is not None:
+            self.averager.averager.step = steps_done
+        if self.powersgd is None or not state:
+            return
+        st, rng = self.powersgd, state["rng"]
+        st.error_dict, st.p_memory_dict, st.q_memory_dict = (
+            dict(state["error_dict"]), dict(state["p_memory_dict"]), dict(state["q_memory_dict"]))
+        st.iter = state["iter"]
+        st.rng.set_state((rng["name"], rng["keys"].cpu().numpy().astype(np.uint32), rng["pos"], rng["has_gauss"],
+                          rng["cached"]))
+        st.total_numel_before_compression = state["total_numel_before_compression"]
+        st.total_numel_after_compression = state["total_numel_after_compression"]
+
 
 def _link(trial: TrialSpec) -> Link:
     return Link(trial.bandwidth_mbps, trial.latency_ms)
@@ -95,42 +130,38 @@ def _register(ddp: torch.nn.parallel.DistributedDataParallel, hook: LinkHook) ->
     ddp.register_comm_hook(hook, link_hook)
 
 
-def allreduce(ddp, trial: TrialSpec, device: torch.device, steps_done: int = 0) -> Comm:
+def allreduce(ddp, trial: TrialSpec, device: torch.device) -> Comm:
     hook = LinkHook(_link(trial), trial.workers, default_hooks.allreduce_hook, None, fp32_allreduce, device)
     _register(ddp, hook)
     return Comm(hook)
 
 
-def fp16(ddp, trial: TrialSpec, device: torch.device, steps_done: int = 0) -> Comm:
+def fp16(ddp, trial: TrialSpec, device: torch.device) -> Comm:
     hook = LinkHook(_link(trial), trial.workers, default_hooks.fp16_compress_hook, None, fp16_allreduce, device)
     _register(ddp, hook)
     return Comm(hook)
 
 
-def powersgd(ddp, trial: TrialSpec, device: torch.device, steps_done: int = 0) -> Comm:
+def powersgd(ddp, trial: TrialSpec, device: torch.device) -> Comm:
     o = trial.powersgd
     state = powerSGD_hook.PowerSGDState(
         process_group=None, matrix_approximation_rank=o.rank, start_powerSGD_iter=o.start_iter,
         min_compression_rate=o.min_compression_rate, warm_start=o.warm_start, random_seed=trial.seed)
-    state.iter = steps_done
     hook = LinkHook(_link(trial), trial.workers, powerSGD_hook.powerSGD_hook, state, powersgd_collectives(state),
                     device)
     _register(ddp, hook)
-    return Comm(hook)
+    return Comm(hook, powersgd=state)
 
 
-def localsgd(ddp, trial: TrialSpec, device: torch.device, steps_done: int = 0) -> Comm:
+def localsgd(ddp, trial: TrialSpec, device: torch.device) -> Comm:
     o = trial.localsgd
     state = post_localSGD_hook.PostLocalSGDState(process_group=None, subgroup=None,
                                                  start_localSGD_iter=o.warmup_steps,
                                                  post_local_gradient_allreduce=False)
-    state.iter = min(steps_done, o.warmup_steps)
 
     def collectives(bucket: dist.GradBucket) -> list[int]:
         return fp32_allreduce(bucket) if state.iter < state.start_localSGD_iter else []
 
     hook = LinkHook(_link(trial), trial.workers, post_localSGD_hook.post_localSGD_hook, state, collectives, device)
     _register(ddp, hook)
-    averager = LocalSGDAverager(hook, o.warmup_steps, o.period)
-    averager.restore(steps_done)
-    return Comm(hook, averager)
+    return Comm(hook, LocalSGDAverager(hook, o.warmup_steps, o.period), localsgd=state)

@@ -86,6 +86,7 @@ class LinkHook:
         self.link, self.workers = link, workers
         self.inner, self.inner_state = inner, inner_state
         self.collectives = collectives
+        self.bypass = False  # True: a plain all-reduce that touches no state and no clock (set-up only)
         self.devices = [device] if device is not None and device.type == "cuda" else None
         self._lock = threading.Lock()
         self._wire_free_at = 0.0
@@ -99,6 +100,8 @@ class LinkHook:
         return sum(allreduce_seconds(n, self.workers, self.link) for n in sizes)
 
     def __call__(self, bucket: dist.GradBucket) -> torch.futures.Future:
+        if self.bypass:
+            return default_hooks.allreduce_hook(None, bucket)
         ready = time.perf_counter()
         sizes = self.collectives(bucket)  # before the inner hook, which may advance its own state
         modelled = self.modelled_seconds(sizes)
