@@ -23,10 +23,13 @@ from pydantic import (
 )
 
 from raybench.models import ARCHS, model_name
+from raybench.spec import yamlfile
+from raybench.spec.yamlfile import shown
 from raybench.worker.comm import ALGORITHMS
 
 SWEEPS_DIR = Path(__file__).resolve().parent.parent.parent / "sweeps"
 UNLIMITED = "unlimited"
+MAX_PROBLEMS = 10  # an error message lists at most this many problems of a sweep file
 
 # --smoke: what a smoke run shrinks every trial to.
 SMOKE_TRAIN_IMAGES = 512
@@ -280,14 +283,14 @@ def _describe(err: dict[str, Any]) -> str:
     loc = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err["loc"]).lstrip(".")
     given = err.get("input")
     if err["type"] == "extra_forbidden":
-        return f"field {loc!r}: unknown key (value {given!r}); remove it or fix its spelling"
+        return f"field {loc!r}: unknown key (value {shown(given)}); remove it or fix its spelling"
     if err["type"] == "missing":
         return f"field {loc!r}: required but missing"
     allowed = err["msg"].removeprefix("Value error, ").replace("Input should be", "must be")
     ctx = err.get("ctx") or {}
     if "expected" in ctx:
         allowed = f"allowed: {ctx['expected']}"
-    return f"field {loc!r}: value {given!r} is not allowed ({allowed})"
+    return f"field {loc!r}: value {shown(given)} is not allowed ({allowed})"
 
 
 def resolve(name_or_path: str) -> Path:
@@ -305,10 +308,12 @@ def resolve(name_or_path: str) -> Path:
 
 
 def load(name_or_path: str) -> SweepSpec:
-    """Read and validate a sweep file (safe YAML loader; nothing in it is executed)."""
+    """Read and validate a sweep file (safe YAML, no aliases, no key twice; nothing in it is executed)."""
     path = resolve(name_or_path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yamlfile.read(path.read_text())
+    except yamlfile.SweepYAMLError as e:
+        raise ConfigError(f"{path}: {e}") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
     except (OSError, UnicodeDecodeError) as e:
@@ -323,5 +328,7 @@ def parse(raw: dict[str, Any], source: str = "<sweep>") -> SweepSpec:
     try:
         return SweepSpec.model_validate(raw)
     except ValidationError as e:
-        problems = "; ".join(_describe(err) for err in e.errors(include_url=False))
-        raise ConfigError(f"{source}: {problems}") from None
+        errors = e.errors(include_url=False)
+        problems = "; ".join(_describe(err) for err in errors[:MAX_PROBLEMS])
+        more = f"; and {len(errors) - MAX_PROBLEMS:,} more" if len(errors) > MAX_PROBLEMS else ""
+        raise ConfigError(f"{source}: {problems}{more}") from None
