@@ -21,6 +21,11 @@ gloo's TCP transport only sends a message once the receiver has announced its bu
 runs the two buckets' all-reduces at once (two worker threads), while the hook queues both
 latency terms one after the other. For ResNet-20's two buckets the two errors about cancel.
 
+Before any of that, the "link" section checks the shaping itself: one TCP connection across the
+shaped link, its median round trip against 2·L and its steady bulk rate against B (the goal: both
+within 15 %; ``tests/test_netns.py`` only checks the bounds the shaping guarantees, which no machine
+load can break).
+
 The sim and real runs of a point go back to back, in alternating order, so that on a shared
 machine both see about the same load; ``--repeat`` runs every point again (interleaved rounds).
 Prints a table, then one JSON line: per point the mean epoch time of the epochs after the first
@@ -89,6 +94,72 @@ if rank == 0:
     print(json.dumps({"median_s": statistics.median(times[2:]), "min_s": min(times[2:])}))
 dist.destroy_process_group()
 """
+
+
+# The link alone (tests/test_netns.py uses these too): one TCP connection from the head namespace to
+# the worker namespace, small-message round trips, then a bulk transfer whose steady rate (from a
+# quarter of the way in to the end, so TCP's slow start is left out) the receiver measures; the
+# client also times the whole transfer (first byte sent to the receiver's answer).
+LINK_SERVER = """
+import json, socket, sys, time
+pings, n = int(sys.argv[1]), int(sys.argv[2])
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((sys.argv[3], 5001)); s.listen(1)
+print("listening", flush=True)
+c, _ = s.accept()
+c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+for _ in range(pings):
+    c.sendall(c.recv(64))
+got, mark = 0, None
+while got < n:
+    got += len(c.recv(1 << 20))
+    if mark is None and got >= n // 4:
+        mark = (time.monotonic(), got)
+c.sendall(json.dumps({"rate_mbit": (got - mark[1]) * 8 / max(time.monotonic() - mark[0], 1e-9) / 1e6}).encode())
+"""
+LINK_CLIENT = """
+import json, socket, statistics, sys, time
+pings, n = int(sys.argv[1]), int(sys.argv[2])
+c = socket.create_connection((sys.argv[3], 5001), timeout=60)
+c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+rtts = []
+for _ in range(pings):
+    t = time.monotonic(); c.sendall(b"x" * 32); c.recv(64); rtts.append(time.monotonic() - t)
+t = time.monotonic()
+c.sendall(bytes(n))
+out = json.loads(c.recv(1000))
+bulk_s = time.monotonic() - t
+print(json.dumps({"rtt_ms": statistics.median(rtts) * 1e3, "rtt_min_ms": min(rtts) * 1e3,
+                  "rate_mbit": out["rate_mbit"], "bulk_s": bulk_s}))
+"""
+
+
+def measure_link(pair: netem.ShapedPair, pings: int = 5, nbytes: int = 0) -> dict[str, float]:
+    """Round trips (median and fastest, ms) and a bulk transfer of ``nbytes`` (receiver's steady rate in
+    Mbit/s, client's whole-transfer seconds) on the pair's link as shaped now."""
+    n = str(max(nbytes, 1))
+    server = pair.popen_in(pair.work_ns, [sys.executable, "-c", LINK_SERVER, str(pings), n, pair.work_ip],
+                           stdout=subprocess.PIPE, text=True)
+    try:
+        if server.stdout.readline().strip() != "listening":
+            raise RuntimeError("the link probe's server did not start")
+        client = pair.run_in_head([sys.executable, "-c", LINK_CLIENT, str(pings), n, pair.work_ip], timeout=120)
+        if client.returncode != 0:
+            raise RuntimeError(f"the link probe failed: {client.stderr[-2000:]}")
+        server.wait(30)
+    finally:
+        server.kill()
+        server.wait()
+        server.stdout.close()
+    return json.loads(client.stdout)
+
+
+def link_probe(pair: netem.ShapedPair, b: float, lat: float) -> dict[str, float | None]:
+    """The shaping at one point against what it was set to: round trip vs 2·L, bulk rate vs B."""
+    got = measure_link(pair, pings=5, nbytes=int(max(4e6, b * 1e6 / 8)))  # at least 1 s at rate B
+    return {"rtt_ms": round(got["rtt_ms"], 2), "rtt_ratio": round(got["rtt_ms"] / (2 * lat), 4) if lat else None,
+            "rate_mbit": round(got["rate_mbit"], 2), "rate_ratio": round(got["rate_mbit"] / b, 4)}
 
 
 def collective(pair: netem.ShapedPair, iters: int = 10) -> dict[str, float]:
@@ -160,6 +231,7 @@ def main() -> int:
     p.add_argument("--repeat", type=int, default=1, help="rounds over all points (interleaved)")
     p.add_argument("--backend", default="auto", choices=netem.BACKENDS, help="how the real link is shaped")
     p.add_argument("--only", choices=["sim", "real"], help="run one side only (no ratios)")
+    p.add_argument("--no-link", action="store_true", help="skip the round-trip and bulk-rate probe of the link")
     p.add_argument("--no-collective", action="store_true", help="skip the all-reduce-only measurement")
     p.add_argument("--no-training", action="store_true", help="only the all-reduce-only measurement")
     args = p.parse_args()
@@ -212,6 +284,7 @@ def main() -> int:
 
     backend = None
     coll: dict[tuple[float, float], dict] = {}
+    link: dict[tuple[float, float], dict] = {}
     with (netem.ShapedPair(*points[0], backend=args.backend, start_ray=not args.no_training)
           if args.only != "sim" else contextlib.nullcontext()) as pair:
         if pair is not None:
@@ -219,6 +292,15 @@ def main() -> int:
             print(f"real link: ShapedPair, backend {pair.backend}"
                   + ("" if args.no_training else f", Ray at {pair.address} ({len(pair.nodes)} nodes, 1 CPU each)"),
                   flush=True)
+            if not args.no_link:
+                print("link: one TCP connection's round trip (vs 2 x one-way delay) and steady bulk rate "
+                      "(vs the shaped rate)", flush=True)
+                for b, lat in points:
+                    pair.shape(b, lat)
+                    link[(b, lat)] = got = link_probe(pair, b, lat)
+                    print(f"  {b:>6g} Mbit/s {lat:>3g} ms: round trip {got['rtt_ms']:7.2f} ms "
+                          f"(x{got['rtt_ratio'] if got['rtt_ratio'] is not None else '-'}), "
+                          f"rate {got['rate_mbit']:8.2f} Mbit/s (x{got['rate_ratio']})", flush=True)
             if not args.no_collective:
                 print("collective: one step's all-reduces (ResNet-20 buckets "
                       f"{', '.join(f'{n / 1e6:.3f}' for n in BUCKETS)} MB) across the shaped link", flush=True)
@@ -276,7 +358,7 @@ def main() -> int:
             "sim_compute_s": sm and round(sm["compute_s"], 3), "real_compute_s": rl and round(rl["compute_s"], 3),
             "sim_comm_s": sm and round(sm["comm_s"], 3), "sim_simulated_delay_s": sm and round(sm["simulated_s"], 3),
             "real_comm_s": rl and round(rl["comm_s"], 3), "real_link": r["link"],
-            "collective": coll.get((b, lat)),
+            "collective": coll.get((b, lat)), "link_probe": link.get((b, lat)),
             "max_load": round(load, 1)})
     ratios = [s["ratio"] for s in summary if s["ratio"] is not None]
     print("(sim s, real s: mean epoch_seconds of epochs after the first; (delay): the simulated part; (comm): wait "
@@ -287,6 +369,9 @@ def main() -> int:
                       "train_images": args.train_images, "test_images": args.test_images,
                       "batch_per_worker": args.batch, "epoch_s": "mean epoch_seconds over the epochs after the first",
                       "points": summary, "all_within_5pct": bool(ratios) and all(abs(x - 1) <= 0.05 for x in ratios),
+                      "link_within_15pct": None if not link else all(
+                          abs(v - 1) <= 0.15 for got in link.values() for v in (got["rtt_ratio"], got["rate_ratio"])
+                          if v is not None),
                       "wall_s": round(time.monotonic() - t_start)}))
     return 0
 

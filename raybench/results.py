@@ -92,13 +92,18 @@ Column = StrEnum("Column", {name.upper(): name for name in COLUMNS})  # Column.T
 
 # Key-value metadata keys of every trial file.
 META_CONFIG = b"raybench.config"
-META_STATUS = b"raybench.status"  # "running" while epochs remain, "complete" when the trial ended
+META_STATUS = b"raybench.status"  # "running" while epochs remain, "complete" when it ended, "failed"
 META_DATASET = b"raybench.dataset"  # cifar10-official | cifar10-local
 META_VERSIONS = b"raybench.versions"  # JSON: raybench, torch, ray
 META_GIT = b"raybench.git_commit"
+META_ERROR = b"raybench.error"  # a failed trial's error text (at most ERROR_CHARS characters)
+META_CONCURRENCY = b"raybench.concurrency"  # the most trials the sweep ran at once (--concurrency)
+META_PLACEMENT = b"raybench.placement"  # JSON: per rank, where it ran (see driver.train.placement)
 
 STATUS_RUNNING = "running"
 STATUS_COMPLETE = "complete"
+STATUS_FAILED = "failed"  # not complete: a rerun or --resume runs the trial again
+ERROR_CHARS = 4096
 
 
 def git_commit() -> str | None:
@@ -119,14 +124,22 @@ def versions() -> dict[str, str]:
 
 
 ROW_KEY = "raybench_row"  # the epoch row travels through Train and Tune as one JSON string
+PLACEMENT_KEY = "raybench_placement"  # where the ranks run: sent with an attempt's first row
 PROGRESS_KEYS = ("epoch", "train_seconds", "test_top1")  # also shown flat in Tune's progress table
 
 
-def to_metrics(row: EpochRow) -> dict[str, Any]:
-    """An epoch row as the metrics dict ray.train.report sends (Tune adds its own trial_id and
-    timestamp to results, so the row cannot travel as flat keys)."""
+def to_metrics(row: EpochRow, placement: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """An epoch row (and, with an attempt's first row, its placement: one dict per rank) as the
+    metrics dict ray.train.report sends (Tune adds its own trial_id and timestamp to results, so
+    the row cannot travel as flat keys)."""
     d = row.to_dict() | {"timestamp": row.timestamp.isoformat()}
-    return {ROW_KEY: json.dumps(d)} | {f"rb_{k}": d[k] for k in PROGRESS_KEYS}
+    extra = {PLACEMENT_KEY: json.dumps(placement)} if placement is not None else {}
+    return {ROW_KEY: json.dumps(d)} | extra | {f"rb_{k}": d[k] for k in PROGRESS_KEYS}
+
+
+def placement_from_metrics(metrics: Mapping[str, Any]) -> list[dict[str, Any]] | None:
+    """The placement sent with a reported result (one dict per rank), or None if there is none."""
+    return json.loads(metrics[PLACEMENT_KEY]) if metrics.get(PLACEMENT_KEY) else None
 
 
 def from_metrics(metrics: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -177,16 +190,21 @@ def write_trial(path: str | os.PathLike, table: pa.Table) -> None:
     """Write a trial's whole file atomically: a temporary name in the same folder, fsync, rename.
 
     A reader sees the old file or the new one, never half of one; if the write fails the old file
-    stays as it was and the temporary file is removed. On a URI (s3://, gs://) the file is written
-    as one object, which object stores also replace atomically.
+    stays as it was and the temporary file is removed. A ``file://`` URI is a local path and is
+    written the same way. On an object store (s3://, gs://) the file is written as one object, which
+    object stores also replace atomically.
     """
-    if is_uri(path):
-        fs, p = _fs(path)
+    fs, p = _fs(path)
+    if not isinstance(fs, pafs.LocalFileSystem):
         fs.create_dir(p.rsplit("/", 1)[0], recursive=True)
         with fs.open_output_stream(p) as out:
             pq.write_table(table, out)
         return
-    path = Path(path)
+    _replace_local(Path(p), table)
+
+
+def _replace_local(path: Path, table: pa.Table) -> None:
+    """write_trial on the local filesystem: a temporary name beside ``path``, fsync, rename, fsync the folder."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:

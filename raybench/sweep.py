@@ -7,6 +7,7 @@ message naming the file or flag, the value and what is allowed); results go to
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import socket
 import sys
@@ -41,6 +42,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max-trials", type=int, default=DEFAULT_MAX_TRIALS,
                    help=f"refuse grids with more trials than this unless --yes (default {DEFAULT_MAX_TRIALS})")
     p.add_argument("--yes", action="store_true", help="run a grid larger than --max-trials")
+    p.add_argument("--concurrency", type=int, default=1, metavar="N",
+                   help="run at most N trials at once (default 1: timings never share hardware; above 1 the "
+                        "sweep warns that they do)")
     return p.parse_args(argv)
 
 
@@ -83,6 +87,7 @@ def _earlier_results(trials: list[cfg.TrialSpec], sweep_dir: str | Path) -> list
             raise cfg.ConfigError(f"{path}: not a raybench trial file ({type(e).__name__}: {e}); move it away "
                                   f"or use another --results folder") from None
         now = t.model_dump(mode="json")
+        before = _with_new_defaults(before, now)
         if before != now:
             diff = sorted(k for k in now if before.get(k) != now[k])
             raise cfg.ConfigError(f"{path}: written by another configuration of trial {t.trial_id} (differs in "
@@ -90,6 +95,20 @@ def _earlier_results(trials: list[cfg.TrialSpec], sweep_dir: str | Path) -> list
         if meta.get(results.META_STATUS.decode()) == results.STATUS_COMPLETE:
             done.append(t.trial_id)
     return done
+
+
+def _with_new_defaults(before: dict, now: dict) -> dict:
+    """An earlier trial's config with the fields added to TrialSpec since it was written, where
+    ``now`` holds their defaults (a file written before ``gpus_per_worker`` existed is the same trial)."""
+    fields = cfg.TrialSpec.model_fields
+    added = {}
+    for k, v in now.items():
+        if k in before or k not in fields or fields[k].is_required():
+            continue
+        default = fields[k].get_default(call_default_factory=True)
+        if (default.model_dump(mode="json") if hasattr(default, "model_dump") else default) == v:
+            added[k] = v
+    return before | added
 
 
 def _check_address(address: str) -> None:
@@ -120,6 +139,9 @@ def plan(args: argparse.Namespace) -> Plan:
         raise cfg.ConfigError(f"--max-failures {args.max_failures}: must be 0 or more")
     if args.max_trials < 1:
         raise cfg.ConfigError(f"--max-trials {args.max_trials}: must be 1 or more")
+    if args.concurrency < 1:
+        raise cfg.ConfigError(f"--concurrency {args.concurrency}: must be 1 or more (1, the default, runs one "
+                              "trial at a time)")
     if len(trials) > args.max_trials and not args.yes:
         raise cfg.ConfigError(f"{args.sweep}: the grid has {len(trials)} trials, more than --max-trials "
                               f"{args.max_trials}; pass --yes to run them all, or make the grid smaller")
@@ -148,11 +170,11 @@ def plan(args: argparse.Namespace) -> Plan:
     return Plan(spec, trials, done, sweep_dir, root, local)
 
 
-def local_capacity() -> dict[str, float]:
-    """What a local in-process Ray will have, known before it starts."""
+def local_capacity() -> list[dict[str, float]]:
+    """What a local in-process Ray will have, known before it starts: one node."""
     import torch
 
-    return {"CPU": float(os.cpu_count() or 1), "GPU": float(torch.cuda.device_count())}
+    return [{"CPU": float(os.cpu_count() or 1), "GPU": float(torch.cuda.device_count())}]
 
 
 def trial_table(trials: list[cfg.TrialSpec]) -> str:
@@ -165,19 +187,44 @@ def trial_table(trials: list[cfg.TrialSpec]) -> str:
     return "\n".join([fmt.format(*head)] + [fmt.format(*r) for r in rows])
 
 
-def check_fits(trials: list[cfg.TrialSpec], capacity: dict[str, float], where: str) -> None:
-    """Reject trials that could never be scheduled (Tune would wait for them forever)."""
+def _bundles_on(node: dict[str, float], bundle: dict[str, float]) -> int:
+    """How many copies of a worker's bundle one node holds (Ray counts resources in 1/10,000ths)."""
+    return min(math.floor(node.get(k, 0.0) / v + 1e-6) for k, v in bundle.items() if v > 0)
+
+
+def _shown(resources: dict[str, float]) -> str:
+    return "{" + ", ".join(f"{k}: {v:g}" for k, v in resources.items()) + "}"
+
+
+def check_fits(trials: list[cfg.TrialSpec], nodes: list[dict[str, float]], where: str) -> None:
+    """Reject trials that could never be scheduled (Train would wait for them forever): the whole
+    trial must fit the CPUs and GPUs of ``nodes`` (one dict of CPU, GPU per node), and each worker's
+    bundle (its CPUs and GPUs, which Ray places on one node) must fit some node."""
+    total = {k: sum(n.get(k, 0.0) for n in nodes) for k in ("CPU", "GPU")}
     for t in trials:
         cpus = t.workers * t.cpus_per_worker
-        gpus = t.workers if t.hardware == "gpu" else 0
-        if gpus > capacity["GPU"]:
+        share = t.gpus_per_worker if t.hardware == "gpu" else 0.0
+        gpus = t.workers * share
+        if gpus > total["GPU"] + 1e-9:
             raise cfg.ConfigError(
-                f"trial {t.trial_id}: hardware 'gpu' with {t.workers} workers needs {gpus} GPU(s); {where} has "
-                f"{capacity['GPU']:g}. Use hardware: [cpu], or run on a cluster with GPUs (--address)")
-        if cpus > capacity["CPU"]:
+                f"trial {t.trial_id}: hardware 'gpu' with {t.workers} workers needs {gpus:g} GPU(s); {where} has "
+                f"{total['GPU']:g}. Use hardware: [cpu], or run on a cluster with GPUs (--address)")
+        if cpus > total["CPU"]:
             raise cfg.ConfigError(
                 f"trial {t.trial_id}: workers {t.workers} x cpus_per_worker {t.cpus_per_worker} needs {cpus} CPUs; "
-                f"{where} has {capacity['CPU']:g}. Use fewer workers, --smoke, or a bigger cluster (--address)")
+                f"{where} has {total['CPU']:g}. Use fewer workers, --smoke, or a bigger cluster (--address)")
+        bundle = {"CPU": float(t.cpus_per_worker)} | ({"GPU": share} if share else {})
+        largest = max(nodes, key=lambda n: tuple(n.get(k, 0.0) for k in reversed(bundle)), default={})
+        if not any(_bundles_on(n, bundle) for n in nodes):
+            raise cfg.ConfigError(
+                f"trial {t.trial_id}: one worker's bundle {_shown(bundle)} fits no single node of {where}; the "
+                f"largest has {_shown({k: largest.get(k, 0.0) for k in bundle})}. A worker's CPUs and GPUs must be "
+                f"on one node: lower cpus_per_worker or gpus_per_worker, or add bigger nodes")
+        held = sum(_bundles_on(n, bundle) for n in nodes)
+        if held < t.workers:
+            raise cfg.ConfigError(
+                f"trial {t.trial_id}: {t.workers} workers of {_shown(bundle)} each; the nodes of {where} hold only "
+                f"{held} such bundles at once. Use fewer workers or smaller bundles, or add nodes")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -190,6 +237,10 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"sweep {p.spec.name}: {len(p.trials)} trial(s)")
     print(trial_table(p.trials))
+    if args.concurrency > 1:
+        print(f"warning: --concurrency {args.concurrency}: up to {args.concurrency} trials run at once and share "
+              "the hardware (and the cluster's network), so their timings are not isolated; use --concurrency 1 "
+              "for numbers you publish", file=sys.stderr)
     todo = [t for t in p.trials if t.trial_id not in p.done]
     if p.done:
         print(f"{len(p.done)} trial(s) already complete in {p.sweep_dir}/, not run again")
@@ -219,8 +270,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.address:
             check_fits(todo, session.cluster_capacity(), f"the cluster at {args.address}")
         grid = tune.run_sweep(todo, p.sweep_dir, str(p.data_root) if p.local_data else None,
-                                cifar.DATASET_LOCAL if p.local_data else cifar.DATASET_OFFICIAL, run_id,
-                                args.max_failures)
+                                cifar.dataset_label(p.data_root, p.local_data), run_id,
+                                args.max_failures, args.concurrency)
     except cfg.ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -31,6 +31,11 @@ def err(raw, source="s.yaml") -> str:
     ({"name": "x", "cpus_per_worker": 1.5}, "cpus_per_worker", "1.5", "integer"),
     ({"name": "x", "algorithm": ["gossip"]}, "algorithm[0]", "'gossip'", "allreduce"),
     ({"workers": [1]}, "name", "", "missing"),
+    ({"name": "x", "gpus_per_worker": 0}, "gpus_per_worker", "0", "greater than 0 and at most 1"),
+    ({"name": "x", "gpus_per_worker": -0.5}, "gpus_per_worker", "-0.5", "greater than 0 and at most 1"),
+    ({"name": "x", "gpus_per_worker": 1.5}, "gpus_per_worker", "1.5", "a whole number of GPUs"),
+    ({"name": "x", "gpus_per_worker": "half"}, "gpus_per_worker", "'half'", "a share of one GPU"),
+    ({"name": "x", "gpus_per_worker": [1, 2]}, "gpus_per_worker", "[1, 2]", "a share of one GPU"),
 ])
 def test_bad_field_names_field_value_and_allowed(raw, field, value, allowed):
     msg = err(raw)
@@ -82,8 +87,9 @@ def test_unknown_sweep_name_lists_the_known_ones():
 
 
 def test_yaml_is_loaded_safely(tmp_path):
+    # The command names its marker by absolute path: it would land there whatever the working folder.
     p = tmp_path / "evil.yaml"
-    p.write_text("name: !!python/object/apply:os.system ['touch pwned']\n")
+    p.write_text(f"name: !!python/object/apply:os.system ['touch {tmp_path / 'pwned'}']\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         cfg.load(str(p))
     assert not (tmp_path / "pwned").exists()
@@ -95,3 +101,26 @@ def test_precision_and_accelerator_type_reach_every_trial():
     assert [(t.precision, t.accelerator_type) for t in trials] == [("fp32", "A100"), ("bf16", "A100")]
     assert "_bf16_" in trials[1].trial_id and "_bf16_" not in trials[0].trial_id
     assert cfg.smoke(trials)[1].precision == "bf16"
+
+
+def test_gpus_per_worker_is_a_share_of_one_gpu_or_whole_gpus():
+    for given, share in ((0.5, 0.5), (0.25, 0.25), (1, 1.0), (2, 2.0), (None, 1.0)):
+        raw = {"name": "g", "hardware": ["gpu"]} | ({} if given is None else {"gpus_per_worker": given})
+        assert {t.gpus_per_worker for t in cfg.expand(cfg.parse(raw))} == {share}
+
+
+def test_dry_run_of_a_shared_gpu_sweep_on_a_cpu_machine_names_the_gpus_needed(tmp_path):
+    import subprocess
+    import sys
+
+    import torch
+
+    from conftest import write_sweep
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    f = write_sweep(tmp_path / "half.yaml", name="half", workers=[3], hardware=["gpu"], gpus_per_worker=0.5)
+    proc = subprocess.run([sys.executable, "-m", "raybench.sweep", str(f), "--dry-run"], capture_output=True,
+                          text=True, cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "hardware 'gpu' with 3 workers needs 1.5 GPU(s); this machine has 0" in proc.stderr

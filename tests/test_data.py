@@ -1,4 +1,5 @@
 """CIFAR-10 loading and checks, per-epoch shards, augmentation."""
+import hashlib
 import pickle
 
 import numpy as np
@@ -107,3 +108,37 @@ def test_offline_copy_has_the_cifar_layout(cifar_dir):
     ds = cifar.load(cifar_dir)
     assert len(ds.train_y) == 50_000 and len(ds.test_y) == 10_000
     assert set(ds.train_y.unique().tolist()) == set(range(10))
+
+
+# ---------------------------------------------------------------- what a copy is: official or not
+
+def _md5(path) -> str:
+    return hashlib.md5(path.read_bytes(), usedforsecurity=False).hexdigest()
+
+
+def test_official_md5_table_is_torchvisions():
+    from torchvision.datasets import CIFAR10
+
+    assert cifar.OFFICIAL_MD5 == dict(CIFAR10.train_list + CIFAR10.test_list)
+
+
+def test_a_copy_is_official_only_if_every_file_has_its_md5(tmp_path):
+    folder = tmp_path / cifar.BATCHES
+    folder.mkdir()
+    for i, name in enumerate(("a", "b")):
+        (folder / name).write_bytes(bytes([i]) * 1000)
+    md5s = {name: _md5(folder / name) for name in ("a", "b")}
+    assert cifar.dataset_label(tmp_path, True, md5s) == cifar.DATASET_OFFICIAL
+    assert cifar.dataset_label(tmp_path, False) == cifar.DATASET_OFFICIAL  # the md5-checked download
+    (folder / "b").write_bytes(bytes([1]) * 999 + b"\x02")  # one byte differs
+    assert cifar.dataset_label(tmp_path, True, md5s) == cifar.DATASET_LOCAL
+    (folder / "b").unlink()
+    assert cifar.dataset_label(tmp_path, True, md5s) == cifar.DATASET_LOCAL  # a missing file is not the release
+    assert cifar.dataset_label(tmp_path, True) == cifar.DATASET_LOCAL  # default: the official md5 sums
+
+
+def test_the_offline_jpeg_copy_is_labelled_a_local_copy(cifar_dir):
+    test_batch = cifar_dir / cifar.BATCHES / "test_batch"
+    if _md5(test_batch) == cifar.OFFICIAL_MD5["test_batch"]:
+        pytest.skip(f"{cifar_dir} holds the official release, not the JPEG copy")
+    assert cifar.dataset_label(cifar_dir, True) == cifar.DATASET_LOCAL

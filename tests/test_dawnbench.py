@@ -23,7 +23,7 @@ from raybench.worker import data as cifar
 from raybench.worker.checkpoint import STATE_FILE, TRIAL_FILE
 from raybench.worker.setup import make_optimizer
 
-from rows import scaling_sweep, trial
+from rows import epoch_rows, scaling_sweep, trial, write
 
 REPO = Path(__file__).resolve().parent.parent
 # What DAWNBench's tests/test_submissions.py requires of every entry.
@@ -106,7 +106,7 @@ def test_json_fields_come_from_the_trial(exported, sweep):
     assert record["costPerHour"] == 0.75
     assert "codeURL" not in record  # optional, and not given
     misc = record["misc"]
-    assert misc["dataset"] == "CIFAR-10 (JPEG copy)"
+    assert misc["dataset"] == "CIFAR-10 local copy (differs from the official release)"  # rows.metadata: cifar10-local
     assert misc["workers"] == 2 and misc["algorithm"] == "allreduce"
     assert misc["network"] == {"bandwidth_mbps": 100.0, "latency_ms": 0.0}
     assert misc["trial_id"] == "resnet20v1_w2_cpu_bw100_lat0_allreduce_s0"
@@ -124,6 +124,14 @@ def test_tsv_is_the_trial_in_hours_and_percent(exported, sweep):
     target = results.trial_config(meta)["goal"]["target_top1"]
     first = df[df["top1Accuracy"] >= 100 * target]["hours"].iloc[0]
     assert first * 3600 == pytest.approx(metrics.time_to_accuracy(pd.DataFrame(rows), target))
+
+
+def test_a_copy_identical_to_the_release_is_named_official(tmp_path):
+    spec = trial(workers=[1])
+    write(tmp_path / "r", spec, epoch_rows(spec, [0.3, 0.5]), dataset=cifar.DATASET_OFFICIAL)
+    assert dawnbench.main(["export", str(tmp_path / "r"), "--out", str(tmp_path / "out")]) == 0
+    (path,) = (tmp_path / "out" / "CIFAR10" / "train").glob("*.json")
+    assert json.loads(path.read_text())["misc"]["dataset"] == "CIFAR-10 (official python archive)"
 
 
 def test_cost_only_when_given_and_names_stay_unique_across_sweeps(tmp_path, capsys):
@@ -194,14 +202,22 @@ def test_infer_cli_on_a_checkpoint(checkpoint, cifar_dir, tmp_path):
     assert set(record) <= INFER_FIELDS
     datetime.strptime(record["timestamp"], "%Y-%m-%d")
     assert record["latency"] > 0
-    assert 0 <= record["top1Accuracy"] <= 100
+    # The top-1 of the same weights on the same 50 test images, computed independently (one batch).
+    state, spec = ckpt.read(checkpoint)
+    model = build(spec.arch, spec.depth, spec.version)
+    model.load_state_dict(state["model"])
+    model.eval()
+    ds = cifar.load(cifar_dir)
+    with torch.inference_mode():
+        correct = int((model(cifar.normalize(ds.test_x[:50])).argmax(1) == ds.test_y[:50]).sum())
+    assert record["top1Accuracy"] == pytest.approx(100 * correct / 50)
     assert record["cost"] == pytest.approx(1.2 * record["latency"] / 3_600_000)
     assert record["model"] == "ResNet-20 v1" and record["framework"].startswith("PyTorch ")
     misc = record["misc"]
     assert misc["batchSize"] == 1 and misc["images"] == 50 and misc["fullTestSet"] is False
     assert misc["warmupImages"] == 5 and "excluded" in misc["warmup"]
     assert misc["checkpointEpoch"] == 3 and misc["trial_id"] == "resnet20v1_w2_cpu_bwinf_lat0_allreduce_s0"
-    assert misc["dataset"] == "CIFAR-10 (JPEG copy)"
+    assert misc["dataset"] == "CIFAR-10 local copy (differs from the official release)"  # random images
     line = run.stdout.strip().splitlines()
     assert len(line) == 1 and "ms/image" in line[0] and "top-1" in line[0]
 

@@ -9,8 +9,6 @@ import pandas as pd
 import pytest
 import ray.cloudpickle
 import ray.train
-import torch
-from torch.distributed.algorithms.ddp_comm_hooks import powerSGD_hook
 
 from raybench import results, sweep
 
@@ -144,22 +142,15 @@ def test_simulated_link_delays_each_step_as_the_model_says(cifar_dir, tmp_path):
     grad_bytes = sum(p.numel() * 4 for p in build("resnet", 20, "v1").parameters())
     modelled = allreduce_seconds(grad_bytes, 2, Link(10.0, 0.0))
     limited, unlimited = df[df.bandwidth_mbps == 10].iloc[0], df[df.bandwidth_mbps.isna()].iloc[0]
-    assert limited.simulated_delay_seconds / steps == pytest.approx(modelled, rel=0.10)
-    assert limited.comm_seconds > 0.8 * limited.simulated_delay_seconds  # the steps waited for most of it
+    # The modelled delay is arithmetic on the bytes each step's buckets hold: exact, on any machine.
+    assert limited.simulated_delay_seconds / steps == pytest.approx(modelled, rel=1e-9)
     assert unlimited.simulated_delay_seconds == 0.0
-    assert limited.epoch_seconds > unlimited.epoch_seconds + 0.5 * steps * modelled  # overlap hides some
-
-
-def powersgd_wire_elements(shapes: list[torch.Size], rank: int, min_compression_rate: float = 2.0) -> int:
-    """Elements PowerSGD sends per step for tensors of these shapes (P and Q for the compressed ones)."""
-    total = 0
-    for shape in shapes:
-        n = shape[0]
-        m = int(torch.Size(shape).numel()) // n
-        r = min(n, m, rank)
-        compress, _, _ = powerSGD_hook._should_compress(n, m, r, min_compression_rate)
-        total += (n + m) * r if compress else n * m
-    return total
+    # Bounds the hold guarantees whatever the machine's load: the wire releases a step's last bucket no
+    # earlier than the step's first bucket was ready plus the modelled time of them all, so every step
+    # lasts at least that long, and waits (comm) after its last bucket was ready. How much of the delay
+    # the backward pass hides is a measurement: bench/network_fidelity.py.
+    assert limited.epoch_seconds >= steps * modelled
+    assert limited.comm_seconds > 0.0
 
 
 def test_algorithms_smoke_sweep_charges_the_bytes_each_algorithm_sends(cifar_dir, tmp_path):
@@ -170,14 +161,30 @@ def test_algorithms_smoke_sweep_charges_the_bytes_each_algorithm_sends(cifar_dir
     assert sorted(df.algorithm.unique()) == ["allreduce", "fp16", "localsgd", "powersgd"]
     assert (df.groupby("algorithm").epoch.max() == 2).all()
     steps = 512 // 2 // int(df.batch_per_worker.iloc[0])
+    assert steps == 4  # --smoke: 512 images, 2 workers, 64 per worker
     epoch2 = df[df.epoch == 2].set_index("algorithm")  # PowerSGD and local SGD have started by then
     per_step = epoch2.simulated_delay_seconds / steps
-    shapes = [p.shape for p in build("resnet", 20, "v1").parameters()]
-    full = sum(s.numel() for s in shapes)
-    assert per_step["fp16"] / per_step["allreduce"] == pytest.approx(0.5, rel=0.10)
-    assert per_step["powersgd"] / per_step["allreduce"] == pytest.approx(
-        powersgd_wire_elements(shapes, rank=2) / full, rel=0.10)
-    assert per_step["localsgd"] < per_step["allreduce"]  # parameters averaged every 2nd step only
+    full = sum(p.numel() for p in build("resnet", 20, "v1").parameters())
+    assert full == 269_722
+    assert per_step["fp16"] / per_step["allreduce"] == pytest.approx(0.5, rel=1e-9)
+    # PowerSGD at rank r = 2 (--smoke starts it after 2 steps), worked out by hand for ResNet-20 v1.
+    # A weight of shape (n, ...) is an n x m matrix, m = its other dimensions' product; it is sent as
+    # P (n x r) and Q (m x r), (n + m) * r elements, when that is under half of n * m (torch's
+    # min_compression_rate 2), which holds for every weight here:
+    #   conv1                16 x 27:   (16 + 27) * 2 =   86
+    #   layer1, 6 convs      16 x 144:  (16 + 144) * 2 = 320 each  -> 1,920
+    #   layer2.0.conv1       32 x 144:  (32 + 144) * 2 = 352
+    #   layer2, 5 convs      32 x 288:  (32 + 288) * 2 = 640 each  -> 3,200
+    #   layer3.0.conv1       64 x 288:  (64 + 288) * 2 = 704
+    #   layer3, 5 convs      64 x 576:  (64 + 576) * 2 = 1,280 each -> 6,400
+    #   fc                   10 x 64:   (10 + 64) * 2 =  148
+    #   compressed total: 12,810. The 1-d tensors go as they are: 19 batch norms' weight and bias,
+    #   2 * (16 * 7 + 32 * 6 + 64 * 6) = 1,376, and fc's bias, 10: 1,386. Per step: 14,196 elements.
+    assert per_step["powersgd"] / per_step["allreduce"] == pytest.approx(14_196 / full, rel=1e-9)
+    # Local SGD (--smoke: warmup_steps 2, period 2): steps 0 and 1 all-reduce gradients, then none;
+    # the parameters (all 269,722) are averaged at steps 2, 4, 6. Epoch 2 is steps 4 to 7: two
+    # averagings in four steps, half of an all-reduce per step.
+    assert per_step["localsgd"] / per_step["allreduce"] == pytest.approx(2 / 4, rel=1e-9)
 
 
 def test_local_ray_listens_on_loopback_or_requires_the_token(tmp_path):

@@ -113,6 +113,21 @@ def test_each_configuration_has_its_own_baseline():
     assert out.groupby("bandwidth_mbps", dropna=False)["speedup"].max().tolist() == pytest.approx([2.0, 2.0])
 
 
+@pytest.mark.parametrize("grid", [
+    {"precision": ["fp32", "bf16"]}, {"algorithm": ["allreduce", "fp16"]}, {"seed": [0, 1]},
+    {"hardware": ["cpu", "gpu"]}, {"model": {"arch": "resnet", "depth": [20, 32], "version": ["v1", "v2"]}},
+    {"network": {"bandwidth_mbps": [10, "unlimited"], "latency_ms": [0, 5]}},
+], ids=lambda g: "+".join(g))
+def test_every_grid_field_but_workers_is_its_own_configuration(grid):
+    # Each value of a swept field is measured against its own 1-worker trial; a field missing from
+    # CONFIG_KEY puts two 1-worker trials in one group ("more than one 1-worker trial").
+    rows = _scaled(workers=(1, 2), seconds=(100.0, 50.0), **grid)
+    out = metrics.scaling(rows, metrics.seconds_per_epoch)
+    groups = len(trials(workers=[1], **grid))
+    assert groups > 1 and len(out) == 2 * groups
+    assert out["speedup"].tolist() == pytest.approx([1.0, 2.0] * groups)
+
+
 def test_missing_one_worker_trial_names_the_configuration():
     rows = _scaled(workers=(2, 4), seconds=(60.0, 40.0), network={"bandwidth_mbps": [100], "latency_ms": [5]})
     with pytest.raises(metrics.MissingBaseline) as err:
@@ -120,7 +135,7 @@ def test_missing_one_worker_trial_names_the_configuration():
     msg = str(err.value)
     assert "no 1-worker trial" in msg
     for part in ("sweep=synthetic", "model=resnet20_v1", "depth=20", "bandwidth_mbps=100", "latency_ms=5",
-                 "algorithm=allreduce", "seed=0", "workers 2, 4"):
+                 "algorithm=allreduce", "precision=fp32", "seed=0", "workers 2, 4"):
         assert part in msg
     assert metrics.scaling(rows, metrics.seconds_per_epoch, strict=False).empty
     assert metrics.missing_baselines(rows) == [msg]

@@ -6,11 +6,9 @@ Linux and root only (network namespaces, tc / TUN): skipped elsewhere with the r
 """
 from __future__ import annotations
 
-import json
+import importlib.util
 import os
-import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -21,54 +19,12 @@ REPO = Path(__file__).resolve().parent.parent
 
 pytestmark = pytest.mark.skipif(netem.available() is not None, reason=str(netem.available()))
 
-# One TCP connection from the head namespace to the worker namespace: small-message round trips,
-# then a bulk transfer whose steady rate (from a quarter of the way in to the end, so TCP's slow
-# start is left out) the receiver measures.
-SERVER = textwrap.dedent("""
-    import json, socket, sys, time
-    pings, n = int(sys.argv[1]), int(sys.argv[2])
-    s = socket.socket()
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind((sys.argv[3], 5001)); s.listen(1)
-    print("listening", flush=True)
-    c, _ = s.accept()
-    c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    for _ in range(pings):
-        c.sendall(c.recv(64))
-    got, mark = 0, None
-    while got < n:
-        got += len(c.recv(1 << 20))
-        if mark is None and got >= n // 4:
-            mark = (time.monotonic(), got)
-    c.sendall(json.dumps({"rate_mbit": (got - mark[1]) * 8 / (time.monotonic() - mark[0]) / 1e6}).encode())
-""")
-CLIENT = textwrap.dedent("""
-    import json, socket, statistics, sys, time
-    pings, n = int(sys.argv[1]), int(sys.argv[2])
-    c = socket.create_connection((sys.argv[3], 5001), timeout=60)
-    c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    rtts = []
-    for _ in range(pings):
-        t = time.monotonic(); c.sendall(b"x" * 32); c.recv(64); rtts.append(time.monotonic() - t)
-    c.sendall(bytes(n))
-    out = json.loads(c.recv(1000))
-    print(json.dumps({"rtt_ms": statistics.median(rtts) * 1e3, "rate_mbit": out["rate_mbit"]}))
-""")
-
-
-def measure(pair: netem.ShapedPair, pings: int = 5, nbytes: int = 0) -> dict:
-    server = pair.popen_in(pair.work_ns, [sys.executable, "-c", SERVER, str(pings), str(max(nbytes, 1)), pair.work_ip],
-                           stdout=subprocess.PIPE, text=True)
-    try:
-        assert server.stdout.readline().strip() == "listening"
-        client = pair.run_in_head([sys.executable, "-c", CLIENT, str(pings), str(max(nbytes, 1)), pair.work_ip],
-                                  timeout=120)
-        assert client.returncode == 0, client.stderr
-        server.wait(30)
-    finally:
-        server.kill()
-        server.stdout.close()
-    return json.loads(client.stdout)
+# The link probe (round trips, a bulk transfer) is the network-fidelity benchmark's, which also
+# reports the precise figures: how close the round trip and the rate come to the shaping.
+_spec = importlib.util.spec_from_file_location("network_fidelity", REPO / "bench" / "network_fidelity.py")
+fidelity = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(fidelity)
+measure = fidelity.measure_link
 
 
 def left_behind(pair: netem.ShapedPair) -> list[str]:
@@ -89,14 +45,17 @@ def left_behind(pair: netem.ShapedPair) -> list[str]:
 
 
 def test_shaping_is_real():
-    """20 ms one way: a round trip takes 40 ms; the bulk rate is the shaped rate; reshaping applies."""
-    rate, delay = 40.0, 20.0
+    """20 ms one way at 40 Mbit/s: no round trip beats 40 ms, no bulk transfer beats 40 Mbit/s, and a
+    reshape to a longer delay applies at once. These bounds hold on any machine under any load (the
+    shaping only ever holds packets back); how close the link comes to them is a measurement, made
+    by bench/network_fidelity.py's link section."""
+    rate, delay, nbytes = 40.0, 20.0, 4_000_000
     with netem.ShapedPair(rate, delay, start_ray=False) as pair:
-        got = measure(pair, pings=5, nbytes=4_000_000)
-        assert got["rtt_ms"] == pytest.approx(2 * delay, rel=0.15), got
-        assert got["rate_mbit"] == pytest.approx(rate, rel=0.15), got
-        pair.shape(None, 5.0)
-        assert measure(pair, pings=5)["rtt_ms"] == pytest.approx(10.0, rel=0.15)
+        got = measure(pair, pings=5, nbytes=nbytes)
+        assert got["rtt_min_ms"] >= 2 * delay, got  # every round trip crossed the delay both ways
+        assert got["bulk_s"] >= nbytes * 8 / (rate * 1e6) + 2 * delay / 1e3, got  # the bytes at the rate, the answer
+        pair.shape(None, 30.0)
+        assert measure(pair, pings=5)["rtt_min_ms"] >= 60.0  # the new delay is in force: 40 ms no longer
         assert all(ns in netem.our_namespaces() for ns in pair.namespaces)
     assert left_behind(pair) == []
 

@@ -140,3 +140,18 @@ def test_bad_flags_exit_2_naming_the_flag(tmp_path, capsys, argv, flag):
     with pytest.raises(SystemExit) as e:
         report.main([str(tmp_path), *argv])
     assert e.value.code == 2 and flag in capsys.readouterr().err
+
+
+def test_precision_swept_with_workers_has_a_baseline_per_precision(tmp_path, capsys):
+    # fp32 and bf16 are two configurations: each 2-worker trial is measured against the 1-worker
+    # trial of its own precision (grouping them together found two baselines and crashed).
+    scaling_sweep(tmp_path / "r", workers=(1, 2), precision=["fp32", "bf16"])
+    assert report.main([str(tmp_path / "r"), "--out", str(tmp_path / "o")]) == 0
+    out = capsys.readouterr().out
+    assert "no 1-worker trial" not in out
+    scal = tables.scaling_table(results.load(tmp_path / "r").rows, {})
+    per_epoch = scal[scal["metric"] == "time per epoch"]
+    pairs = sorted(zip(per_epoch["precision"], per_epoch["workers"], strict=True))
+    assert pairs == [("bf16", 1), ("bf16", 2), ("fp32", 1), ("fp32", 2)]
+    assert (per_epoch["baseline_seconds"] == 40.0).all()  # each its own precision's 1-worker trial (40 s epochs)
+    assert (tmp_path / "o" / "scaling.png").exists()

@@ -5,6 +5,7 @@ import subprocess
 from datetime import UTC, datetime
 
 import pandas as pd
+import pyarrow as pa
 import pytest
 
 from raybench import results
@@ -104,17 +105,34 @@ def tiny_disk(tmp_path):
     subprocess.run(["umount", str(mnt)], check=False)
 
 
-def test_a_full_disk_midway_leaves_earlier_files_readable_and_unchanged(tiny_disk):
-    first, second = results.trial_path(tiny_disk, "t1"), results.trial_path(tiny_disk, "t2")
+@pytest.mark.parametrize("form", ["path", "file:// URI"])
+def test_a_full_disk_midway_leaves_earlier_files_readable_and_unchanged(tiny_disk, form):
+    where = tiny_disk if form == "path" else f"file://{tiny_disk}"
+    first, second = results.trial_path(where, "t1"), results.trial_path(where, "t2")
     results.write_trial(first, results.to_table([row(1), row(2)], META))
     results.write_trial(second, results.to_table([row(1, "t2")], META))
-    before = {p: p.read_bytes() for p in (first, second)}
+    files = [tiny_disk / "t1.parquet", tiny_disk / "t2.parquet"]
+    before = {p: p.read_bytes() for p in files}
     big = [row(e, "t2", device_name=os.urandom(4000).hex()) for e in range(1, 200)]  # ~1.6 MB: cannot fit
     with pytest.raises(OSError):
         results.write_trial(second, results.to_table(big, META))
-    assert {p: p.read_bytes() for p in (first, second)} == before
+    assert {p: p.read_bytes() for p in files} == before
     assert sorted(os.listdir(tiny_disk)) == ["t1.parquet", "t2.parquet"]  # no temporary file left behind
-    assert len(results.read_results(tiny_disk)) == 3
+    assert len(results.read_results(where)) == 3
+
+
+def test_a_failed_write_through_a_file_uri_keeps_the_earlier_file(tmp_path):
+    # A file:// URI is a local file: replaced whole (temporary name, rename), never opened in place,
+    # so a write that fails (here: a column Parquet cannot store) leaves the earlier version.
+    uri = results.trial_path(f"file://{tmp_path}", "t1")
+    results.write_trial(uri, results.to_table([row(1), row(2)], META))
+    before = (tmp_path / "t1.parquet").read_bytes()
+    unwritable = pa.table({"when": pa.array([pa.MonthDayNano([1, 2, 3])])})
+    with pytest.raises(pa.ArrowNotImplementedError):
+        results.write_trial(uri, unwritable)
+    assert (tmp_path / "t1.parquet").read_bytes() == before
+    assert sorted(os.listdir(tmp_path)) == ["t1.parquet"]
+    assert [r["epoch"] for r in results.read_trial(uri)[0]] == [1, 2]
 
 
 def test_uris_go_through_pyarrow_filesystems(tmp_path):

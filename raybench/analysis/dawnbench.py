@@ -26,7 +26,9 @@ DAWN_VERSION = "v1.0"
 TASK_DIR = "CIFAR10"
 TSV_HEADER = ("epoch", "hours", "top1Accuracy")
 FRAMEWORK_TAG = "pytorch"
-DATASET_NAMES = {"cifar10-local": "CIFAR-10 (JPEG copy)", "cifar10-official": "CIFAR-10 (official python archive)"}
+# raybench.dataset (worker.data.dataset_label): a copy is official only if md5-identical to the release.
+DATASET_NAMES = {"cifar10-local": "CIFAR-10 local copy (differs from the official release)",
+                 "cifar10-official": "CIFAR-10 (official python archive)"}
 TIME_NOTE = "hours = cumulative training time; evaluation (validation) time excluded, as the DAWNBench FAQ allows"
 
 

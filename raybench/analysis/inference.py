@@ -110,8 +110,8 @@ def infer(args) -> tuple[Path, dict[str, Any]]:
             "costPerHour": args.cost_per_hour,
             "trial_id": trial.trial_id, "sweep": trial.sweep, "trainedWorkers": trial.workers,
             "checkpointEpoch": state.get("epoch"), "checkpointTrainSeconds": state.get("train_seconds"),
-            "dataset": DATASET_NAMES.get(ds.source, ds.source), "raybench": versions["raybench"],
-            "versions": versions,
+            "dataset": DATASET_NAMES[cifar.dataset_label(*cifar.data_root(args.data))],
+            "raybench": versions["raybench"], "versions": versions,
         },
     }
     stem = file_stem(args.author, model_tag(trial.arch, trial.depth, trial.version, trial.workers), f"1x{hw}")

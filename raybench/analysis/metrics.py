@@ -13,9 +13,11 @@ import pandas as pd
 
 from raybench.results import TRIAL_KEY
 
-# Trials that differ only in the number of workers: speedup compares within one such group.
-CONFIG_KEY = ("sweep", "model", "depth", "version", "algorithm", "hardware", "bandwidth_mbps", "latency_ms",
-              "batch_per_worker", "seed")
+# Trials that differ only in the number of workers: speedup compares within one such group. Every
+# field a sweep's grid can vary, other than workers, belongs here (tests/test_metrics.py checks this):
+# a field left out puts two 1-worker trials in one group.
+CONFIG_KEY = ("sweep", "model", "depth", "version", "algorithm", "hardware", "precision", "bandwidth_mbps",
+              "latency_ms", "batch_per_worker", "seed")
 
 TimeMetric = Callable[[pd.DataFrame], float | None]
 # A target or a budget: one value for every trial, or one per trial keyed by (sweep, trial_id).

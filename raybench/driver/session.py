@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import ray
 
-# Set in every Ray worker process of the job (the runtime environment).
-JOB_ENV = {
-    "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": str(7 * 24 * 3600),  # queue, do not fail, while CPUs are busy
-    "RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0",
-}
+# Set in every Ray worker process of the job (the runtime environment). Train's worker-group start
+# timeout keeps its default (60 s): a worker group that cannot start in time is rescheduled, without
+# limit, by Train V2's failure policy (a retryable controller error), so a trial that waits for busy
+# resources still queues, and the wait shows in the log every minute instead of being hidden. A
+# bundle that fits no node is rejected before the sweep starts (sweep.check_fits).
+JOB_ENV: dict[str, str] = {}
 
 
 def init_ray(address: str | None, num_cpus: int | None = None) -> bool:
@@ -30,7 +31,8 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> bool:
     return True
 
 
-def cluster_capacity() -> dict[str, float]:
-    res = ray.cluster_resources()
-    return {"CPU": res.get("CPU", 0.0), "GPU": res.get("GPU", 0.0)}
+def cluster_capacity() -> list[dict[str, float]]:
+    """CPUs and GPUs of every node that is up, one dict per node (a worker's bundle must fit one)."""
+    return [{"CPU": n["Resources"].get("CPU", 0.0), "GPU": n["Resources"].get("GPU", 0.0)}
+            for n in ray.nodes() if n.get("Alive")]
 

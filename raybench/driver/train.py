@@ -1,20 +1,48 @@
 """Ray Train's per-worker entry point: the few Ray calls around ``worker.loop.run``."""
 from __future__ import annotations
 
+import json
+import os
 import tempfile
 from pathlib import Path
 from typing import Any
 
+import ray
 import ray.train
 import ray.train.torch
 import torch
+import torch.distributed as dist
 
 from raybench import results
 from raybench.results import EpochRow
 from raybench.spec.config import TrialSpec
 from raybench.worker import checkpoint, loop
 from raybench.worker.data import load
-from raybench.worker.setup import Worker
+from raybench.worker.setup import Worker, device_name
+
+ROW_FILE = "raybench_row.json"  # beside a checkpoint: the metrics of the row it was reported with
+
+
+def placement(worker: Worker) -> list[dict[str, Any]]:
+    """Where every rank runs, gathered on every rank (a collective: all ranks call it): world rank,
+    Ray node id and IP, and the device: the CPU model and the CPU ids the process may run on, or
+    the GPU's name, its CUDA index in the process and the GPU ids Ray gave it."""
+    ctx = ray.get_runtime_context()  # [ray]
+    mine: dict[str, Any] = {"rank": worker.rank, "node_id": ctx.get_node_id(),  # [ray]
+                            "node_ip": ray.util.get_node_ip_address(),  # [ray]
+                            "device": device_name(worker.device)}
+    if worker.device.type == "cuda":
+        mine |= {"cuda_index": worker.device.index if worker.device.index is not None else 0,
+                 "gpu_ids": [str(g) for g in ctx.get_accelerator_ids().get("GPU", [])]}  # [ray]
+    else:
+        mine["cpus"] = sorted(os.sched_getaffinity(0))
+    if worker.world == 1 or not dist.is_initialized():
+        return [mine]
+    if worker.device.type == "cuda" and dist.get_backend() == "nccl":
+        torch.cuda.set_device(worker.device)  # NCCL's object collectives run on the current device
+    every: list[Any] = [None] * worker.world
+    dist.all_gather_object(every, mine)
+    return sorted(every, key=lambda p: p["rank"])
 
 
 def train_worker(config: dict[str, Any]) -> None:
@@ -25,16 +53,25 @@ def train_worker(config: dict[str, Any]) -> None:
     worker = Worker(ctx.get_world_rank(), ctx.get_world_size(), ray.train.torch.get_device())  # [ray]
     torch.set_num_threads(trial.cpus_per_worker)
     ds = load(config["data"])
+    unsent = [placement(worker)]  # goes to the driver with this attempt's first row
 
     def report(row: EpochRow, ckpt_dir: Path | None) -> None:
+        if ckpt_dir:
+            (ckpt_dir / ROW_FILE).write_text(json.dumps(results.to_metrics(row)))
         ckpt = ray.train.Checkpoint.from_directory(str(ckpt_dir)) if ckpt_dir else None  # [ray]
-        ray.train.report(results.to_metrics(row), checkpoint=ckpt,  # [ray]
-                         checkpoint_dir_name=f"epoch_{row.epoch:04d}")
+        ray.train.report(results.to_metrics(row, unsent.pop() if unsent else None),  # [ray]
+                         checkpoint=ckpt, checkpoint_dir_name=f"epoch_{row.epoch:04d}")
 
     with tempfile.TemporaryDirectory(prefix="raybench-restore-") as local:
-        restore = None
+        restore, resend = None, None
         previous = ray.train.get_checkpoint()  # [ray]
         if previous is not None:
             with previous.as_directory() as d:
                 restore = checkpoint.copy(Path(d), Path(local))
+                if (Path(d) / ROW_FILE).is_file():
+                    resend = json.loads((Path(d) / ROW_FILE).read_text())
+        if resend is not None:
+            # The row of the checkpoint this attempt continues from, once more: if the driver stopped
+            # after Train kept the checkpoint but before the row reached the writer, it is not lost.
+            ray.train.report(resend)  # [ray]
         loop.run(trial, worker, ds, config["run_id"], report, restore)

@@ -62,6 +62,15 @@ def _unique(v: list[Any]) -> list[Any]:
     return v
 
 
+def _gpu_share(v: Any) -> Any:
+    """gpus_per_worker: a share of one GPU (0 < v <= 1: workers share it, over gloo) or whole GPUs."""
+    ok = not isinstance(v, bool) and isinstance(v, (int, float)) and 0 < v < float("inf")
+    if not ok or (v > 1 and v != int(v)):
+        raise ValueError("allowed: a share of one GPU greater than 0 and at most 1 (0.5: two workers share a "
+                         "GPU), or a whole number of GPUs (1, 2, ...)")
+    return float(v)
+
+
 def _bandwidth(v: Any) -> Any:
     if v == UNLIMITED:
         return v
@@ -176,6 +185,7 @@ class SweepSpec(_Strict):
     workers: Annotated[list[PosInt], Field(min_length=1)] = [1]
     hardware: Annotated[list[Literal["cpu", "gpu"]], Field(min_length=1)] = ["cpu"]
     cpus_per_worker: PosInt = 1
+    gpus_per_worker: Annotated[float, BeforeValidator(_gpu_share)] = 1.0  # hardware gpu only
     accelerator_type: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")] | None = None
     precision: Annotated[list[Literal["fp32", "bf16"]], Field(min_length=1)] = ["fp32"]
     network: NetworkGrid = NetworkGrid()
@@ -202,6 +212,7 @@ class TrialSpec(_Strict):
     workers: int
     hardware: str
     cpus_per_worker: int
+    gpus_per_worker: float = 1.0  # GPUs per worker on a gpu trial; below 1, workers share a GPU (gloo)
     accelerator_type: str | None = None
     precision: str = "fp32"
     bandwidth_mbps: float | None  # None = unlimited
@@ -245,7 +256,8 @@ def expand(spec: SweepSpec) -> list[TrialSpec]:
             trial_id=_trial_id(spec.model.arch, depth, version, workers, hardware, bw_value, lat, algorithm, seed,
                                precision),
             arch=spec.model.arch, depth=depth, version=version, workers=workers, hardware=hardware,
-            cpus_per_worker=spec.cpus_per_worker, accelerator_type=spec.accelerator_type, precision=precision,
+            cpus_per_worker=spec.cpus_per_worker, gpus_per_worker=spec.gpus_per_worker,
+            accelerator_type=spec.accelerator_type, precision=precision,
             bandwidth_mbps=bw_value, latency_ms=float(lat),
             algorithm=algorithm, powersgd=spec.powersgd, localsgd=spec.localsgd, seed=seed, schedule=spec.schedule,
             goal=spec.goal, data=spec.data,

@@ -54,13 +54,21 @@ class _Wire(threading.Thread):
                     self._cv.wait(wait)  # a new, earlier deadline may arrive meanwhile
                     continue
                 heapq.heappop(self._heap)
-            try:
-                value = real.value()
-            except Exception as e:  # the real collective failed: pass its error on
-                out.set_exception(e)
-                continue
-            on_release(time.perf_counter())
-            out.set_result(value)
+            _release(real, out, on_release)
+
+
+def _release(real: torch.futures.Future, out: torch.futures.Future,
+             on_release: Callable[[float], None]) -> None:
+    """Complete ``out`` with the real collective's result. Whatever fails on the way (the collective,
+    ``on_release``, ``set_result``) goes to ``out`` as its exception, so DDP, which waits on ``out``,
+    gets the error instead of waiting forever, and the wire goes on with the other futures."""
+    try:
+        value = real.value()
+        on_release(time.perf_counter())
+        out.set_result(value)
+    except Exception as e:
+        if not out.done():
+            out.set_exception(e)
 
 
 InnerHook = Callable[[object, dist.GradBucket], torch.futures.Future]
@@ -122,7 +130,10 @@ class LinkHook:
         out = torch.futures.Future(devices=self.devices)
 
         def real_finished(_fut: torch.futures.Future) -> None:
-            self._ensure_wire().hold(deadline, real, out, self._released)
+            try:
+                self._ensure_wire().hold(deadline, real, out, self._released)
+            except Exception as e:  # no wire to hold it on: DDP gets the error rather than no answer
+                out.set_exception(e)
 
         real.add_done_callback(real_finished)
         return out
