@@ -61,8 +61,7 @@ class EpochRow:
     seed: int = _col(pa.int64(), "seed of the trial")
     epoch: int = _col(pa.int32(), "epoch number, from 1")
     train_seconds: float = _col(pa.float64(), "cumulative training time up to the end of this epoch; no evaluation")
-    epoch_seconds: float = _col(
-        pa.float64(), "training time of this epoch alone (its share of train_seconds), the slowest rank's")
+    epoch_seconds: float = _col(pa.float64(), "this epoch's training time (its share of train_seconds), slowest rank's")
     eval_seconds: float = _col(pa.float64(), "time spent evaluating on the test set after this epoch")
     compute_seconds: float = _col(pa.float64(), "epoch_seconds not spent waiting on communication")
     comm_seconds: float = _col(
