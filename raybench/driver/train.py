@@ -20,8 +20,6 @@ from raybench.worker import checkpoint, loop
 from raybench.worker.data import load
 from raybench.worker.setup import Worker, device_name
 
-ROW_FILE = "raybench_row.json"  # beside a checkpoint: the metrics of the row it was reported with
-
 
 def placement(worker: Worker) -> list[dict[str, Any]]:
     """Where every rank runs, gathered on every rank (a collective: all ranks call it): world rank,
@@ -57,7 +55,7 @@ def train_worker(config: dict[str, Any]) -> None:
 
     def report(row: EpochRow, ckpt_dir: Path | None) -> None:
         if ckpt_dir:
-            (ckpt_dir / ROW_FILE).write_text(json.dumps(results.to_metrics(row)))
+            (ckpt_dir / checkpoint.ROW_FILE).write_text(json.dumps(results.to_metrics(row)))
         ckpt = ray.train.Checkpoint.from_directory(str(ckpt_dir)) if ckpt_dir else None  # [ray]
         ray.train.report(results.to_metrics(row, unsent.pop() if unsent else None),  # [ray]
                          checkpoint=ckpt, checkpoint_dir_name=f"epoch_{row.epoch:04d}")
@@ -68,8 +66,8 @@ def train_worker(config: dict[str, Any]) -> None:
         if previous is not None:
             with previous.as_directory() as d:
                 restore = checkpoint.copy(Path(d), Path(local))
-                if (Path(d) / ROW_FILE).is_file():
-                    resend = json.loads((Path(d) / ROW_FILE).read_text())
+                if (Path(d) / checkpoint.ROW_FILE).is_file():
+                    resend = json.loads((Path(d) / checkpoint.ROW_FILE).read_text())
         if resend is not None:
             # The row of the checkpoint this attempt continues from, once more: if the driver stopped
             # after Train kept the checkpoint but before the row reached the writer, it is not lost.

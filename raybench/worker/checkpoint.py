@@ -26,6 +26,7 @@ from raybench.spec.config import TrialSpec
 
 STATE_FILE = "state.pt"
 TRIAL_FILE = "trial.json"
+ROW_FILE = "raybench_row.json"  # written by driver.train beside the two: the row it was reported with
 FILES = (STATE_FILE, TRIAL_FILE)
 
 
