@@ -63,7 +63,7 @@ def _release(real: torch.futures.Future, out: torch.futures.Future,
     ``on_release``, ``set_result``) goes to ``out`` as its exception, so DDP, which waits on ``out``,
     gets the error instead of waiting forever, and the wire goes on with the other futures."""
     try:
-        value = real.value()
+        value = real.wait()  # on a GPU: this thread's stream waits for the collective's before set_result
         on_release(time.perf_counter())
         out.set_result(value)
     except Exception as e:
