@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
-import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
@@ -273,10 +272,24 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> None:
         out.write(data)
 
 
+def _read_table(fs: pafs.FileSystem, p: str) -> pa.Table:
+    """One file through one open handle. The writer replaces a file by renaming a new one over it;
+    a reader that opens the path twice (pyarrow's reader by path does: once for the footer, once for
+    the pages) can get the footer of one version and the pages of the next."""
+    with fs.open_input_file(p) as f:
+        return pq.read_table(f)
+
+
+def _conform(table: pa.Table) -> pa.Table:
+    """``table`` in the schema of today: columns a file written before they existed read as nulls."""
+    return pa.table([table.column(n).cast(f.type) if n in table.column_names else pa.nulls(len(table), f.type)
+                     for n, f in zip(SCHEMA.names, SCHEMA, strict=True)], schema=SCHEMA)
+
+
 def read_trial(path: str | os.PathLike) -> tuple[list[dict[str, Any]], dict[str, str]]:
     """A trial file's rows and its metadata (keys and values as text)."""
     fs, p = _fs(path)
-    table = pq.read_table(p, filesystem=fs)
+    table = _read_table(fs, p)
     meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items() if k.startswith(b"raybench.")}
     return table.to_pylist(), meta
 
@@ -295,7 +308,8 @@ def read_results(path: str | os.PathLike) -> pd.DataFrame:
     if fs.get_file_info(p).type == pafs.FileType.NotFound:
         raise FileNotFoundError(f"{path}: no such file or folder")
     files = [f"{p.rstrip('/')}/{rel}" if rel else p for rel in _trial_names(fs, p)]
-    return pads.dataset(files, filesystem=fs, format="parquet", schema=SCHEMA).to_table().to_pandas()
+    tables = [_conform(_read_table(fs, f)) for f in files]
+    return (pa.concat_tables(tables) if tables else SCHEMA.empty_table()).to_pandas()
 
 
 @dataclass(frozen=True)
