@@ -34,6 +34,10 @@ def _rank_main(rank: int, world: int, port: int, fn: Callable, args: tuple, out:
     finally:
         dist.destroy_process_group()
     Path(out, f"rank{rank}.json").write_text(json.dumps(result, default=str))
+    # Leave without C++ static destructors: a gloo thread still joinable at interpreter exit aborts
+    # the process ("terminate called without an active exception") after its result is written,
+    # seen once in 8 runs under load; the result, not the teardown, is what the tests check.
+    os._exit(0)
 
 
 def run_ranks(fn: Callable, world: int, *args: Any, out: Path, timeout: float = 180.0) -> list[Any]:
