@@ -217,6 +217,7 @@ class TrialSpec(_Strict):
     precision: str = "fp32"
     bandwidth_mbps: float | None  # None = unlimited
     latency_ms: float
+    link_overhead_ms: float = 0.0  # fixed cost per collective, from a calibrated profile (network.profile)
     algorithm: str
     powersgd: PowerSGDOptions = PowerSGDOptions()
     localsgd: LocalSGDOptions = LocalSGDOptions()

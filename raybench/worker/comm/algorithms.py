@@ -123,7 +123,7 @@ class Comm:
 
 
 def _link(trial: TrialSpec) -> Link:
-    return Link(trial.bandwidth_mbps, trial.latency_ms)
+    return Link(trial.bandwidth_mbps, trial.latency_ms, trial.link_overhead_ms)
 
 
 def _register(ddp: torch.nn.parallel.DistributedDataParallel, hook: LinkHook) -> None:

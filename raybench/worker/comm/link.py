@@ -1,7 +1,8 @@
 """The link model, as pure functions (no torch): what the simulated link charges and replay re-times.
 
-A link is (bandwidth, latency). One ring all-reduce of n bytes over p workers takes
-2(p-1)*latency + 2(p-1)/p * n / bandwidth (Thakur et al., 2005).
+A link is (bandwidth, latency), plus a fixed cost per collective that a calibrated profile
+measures (the backend's own handshake; 0 for the textbook link). One ring all-reduce of n bytes
+over p workers takes overhead + 2(p-1)*latency + 2(p-1)/p * n / bandwidth (Thakur et al., 2005).
 """
 from __future__ import annotations
 
@@ -10,10 +11,12 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Link:
-    """A simulated link: bandwidth in Mbit/s (None = unlimited) and one-way latency in ms."""
+    """A simulated link: bandwidth in Mbit/s (None = unlimited), one-way latency in ms, and a fixed
+    cost in ms per collective (a calibrated profile's; 0 otherwise)."""
 
     bandwidth_mbps: float | None = None
     latency_ms: float = 0.0
+    overhead_ms: float = 0.0
 
 
 def allreduce_seconds(nbytes: float, workers: int, link: Link) -> float:
@@ -22,7 +25,7 @@ def allreduce_seconds(nbytes: float, workers: int, link: Link) -> float:
         raise ValueError(f"need workers >= 1 and nbytes >= 0, got {workers}, {nbytes}")
     if workers == 1:
         return 0.0
-    seconds = 2 * (workers - 1) * link.latency_ms / 1e3
+    seconds = link.overhead_ms / 1e3 + 2 * (workers - 1) * link.latency_ms / 1e3
     if link.bandwidth_mbps is not None:
         seconds += 2 * (workers - 1) / workers * nbytes * 8 / (link.bandwidth_mbps * 1e6)
     return seconds
