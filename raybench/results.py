@@ -30,9 +30,19 @@ if TYPE_CHECKING:
     import pandas as pd
 
 
-def _col(arrow: pa.DataType, doc: str) -> Any:
+_REQUIRED = object()
+
+
+def _col(arrow: pa.DataType, doc: str, default: Any = _REQUIRED) -> Any:
     """A column of the schema: its Arrow type and its meaning (the README's schema table)."""
-    return field(metadata={"arrow": arrow, "doc": doc})
+    if default is _REQUIRED:
+        return field(metadata={"arrow": arrow, "doc": doc})
+    return field(default=default, metadata={"arrow": arrow, "doc": doc})
+
+
+SOURCE_MEASURED = "measured"  # trained and timed here
+SOURCE_PREDICTED = "predicted"  # re-timed by replaying another trial's trace; accuracy from that trial
+SOURCES = (SOURCE_MEASURED, SOURCE_PREDICTED)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -43,6 +53,11 @@ class EpochRow:
     sweep: str = _col(pa.string(), "sweep name")
     run_id: str = _col(pa.string(), "id of the sweep invocation that wrote the row")
     trial_id: str = _col(pa.string(), "stable id of the trial (its grid point)")
+    source: str = _col(pa.string(), "measured (trained and timed here) or predicted (times replayed from the "
+                       "trace of the trial in predicted_from, accuracy from that trial); null in files written "
+                       "before the column existed, which hold measured rows", SOURCE_MEASURED)
+    predicted_from: str | None = _col(pa.string(), "trial id whose step trace was replayed; null for measured rows",
+                                      None)
     model: str = _col(pa.string(), "architecture, e.g. resnet20_v1")
     depth: int = _col(pa.int32(), "number of layers")
     version: str = _col(pa.string(), "v1 or v2")
@@ -70,6 +85,10 @@ class EpochRow:
         pa.float64(),
         "modelled link time of the epoch's all-reduces on the simulated link (the real transfers run inside "
         "it; what the steps waited shows in comm_seconds)")
+    simulated_hold_seconds: float | None = _col(
+        pa.float64(),
+        "time the simulated link held finished collectives back beyond the real transfer, summed over the "
+        "epoch's collectives (slowest rank's); null in files written before the column existed", None)
     images_per_second: float = _col(pa.float64(), "training images processed per second of epoch_seconds, all workers")
     train_loss: float = _col(pa.float64(), "mean training loss over the epoch")
     train_top1: float = _col(pa.float64(), "training top-1 accuracy over the epoch (augmented images)")
@@ -281,9 +300,16 @@ def _read_table(fs: pafs.FileSystem, p: str) -> pa.Table:
 
 
 def _conform(table: pa.Table) -> pa.Table:
-    """``table`` in the schema of today: columns a file written before they existed read as nulls."""
-    return pa.table([table.column(n).cast(f.type) if n in table.column_names else pa.nulls(len(table), f.type)
-                     for n, f in zip(SCHEMA.names, SCHEMA, strict=True)], schema=SCHEMA)
+    """``table`` in the schema of today: columns a file written before they existed read as nulls,
+    except ``source``: such a file holds measured rows."""
+    def column(name: str, f: pa.Field) -> pa.Array | pa.ChunkedArray:
+        if name in table.column_names:
+            return table.column(name).cast(f.type)
+        if name == "source":
+            return pa.array([SOURCE_MEASURED] * len(table), f.type)
+        return pa.nulls(len(table), f.type)
+
+    return pa.table([column(n, f) for n, f in zip(SCHEMA.names, SCHEMA, strict=True)], schema=SCHEMA)
 
 
 def read_trial(path: str | os.PathLike) -> tuple[list[dict[str, Any]], dict[str, str]]:
@@ -291,7 +317,7 @@ def read_trial(path: str | os.PathLike) -> tuple[list[dict[str, Any]], dict[str,
     fs, p = _fs(path)
     table = _read_table(fs, p)
     meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items() if k.startswith(b"raybench.")}
-    return table.to_pylist(), meta
+    return _conform(table).to_pylist(), meta
 
 
 def trial_config(meta: Mapping[str, str]) -> dict[str, Any]:

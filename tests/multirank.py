@@ -88,8 +88,11 @@ def train_rows(rank: int, world: int, trial_json: str, data: str, keep: str | No
     trial = TrialSpec.model_validate_json(trial_json)
     rows: list[dict[str, Any]] = []
 
-    def report(row, ckpt) -> None:
+    def report(row, ckpt, trace) -> None:
         rows.append(row.to_dict() | {"timestamp": row.timestamp.isoformat()})
+        if trace is not None and keep is not None:  # rank 0: the epoch's step trace, as replay reads it
+            from raybench import traces
+            traces.write(Path(keep) / f"trace_{row.epoch}.parquet", trace)
         if ckpt is not None and keep is not None:
             shutil.copytree(ckpt, Path(keep) / f"epoch_{row.epoch}")
 

@@ -43,7 +43,7 @@ def trial(**goal_and_schedule):
 def collect(t, ds, restore=None, keep=None, clock=time.perf_counter):
     rows = []
 
-    def report(row, ckpt):
+    def report(row, ckpt, trace):
         rows.append(row.to_dict())
         if keep is not None:
             shutil.copytree(ckpt, keep / f"epoch_{row.epoch}")
@@ -144,7 +144,7 @@ class _RefusingFuture(torch.futures.Future):
         super().set_result(result)
 
 
-def _failing_release(_t: float) -> None:
+def _failing_release(*_args: object) -> None:
     raise RuntimeError("on_release failed")
 
 

@@ -7,13 +7,14 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import ray
 import ray.train
 import ray.train.torch
 import torch
 import torch.distributed as dist
 
-from raybench import results
+from raybench import results, traces
 from raybench.results import EpochRow
 from raybench.spec.config import TrialSpec
 from raybench.worker import checkpoint, loop
@@ -53,11 +54,13 @@ def train_worker(config: dict[str, Any]) -> None:
     ds = load(config["data"])
     unsent = [placement(worker)]  # goes to the driver with this attempt's first row
 
-    def report(row: EpochRow, ckpt_dir: Path | None) -> None:
+    def report(row: EpochRow, ckpt_dir: Path | None, trace: pa.Table | None) -> None:
+        metrics = results.to_metrics(row) | ({traces.TRACE_KEY: traces.encode(trace)} if trace is not None else {})
         if ckpt_dir:
-            (ckpt_dir / checkpoint.ROW_FILE).write_text(json.dumps(results.to_metrics(row)))
+            (ckpt_dir / checkpoint.ROW_FILE).write_text(json.dumps(metrics))
         ckpt = ray.train.Checkpoint.from_directory(str(ckpt_dir)) if ckpt_dir else None  # [ray]
-        ray.train.report(results.to_metrics(row, unsent.pop() if unsent else None),  # [ray]
+        placed = results.to_metrics(row, unsent.pop()) if unsent else {}
+        ray.train.report(metrics | placed,  # [ray]
                          checkpoint=ckpt, checkpoint_dir_name=f"epoch_{row.epoch:04d}")
 
     with tempfile.TemporaryDirectory(prefix="raybench-restore-") as local:
@@ -69,7 +72,7 @@ def train_worker(config: dict[str, Any]) -> None:
                 if (Path(d) / checkpoint.ROW_FILE).is_file():
                     resend = json.loads((Path(d) / checkpoint.ROW_FILE).read_text())
         if resend is not None:
-            # The row of the checkpoint this attempt continues from, once more: if the driver stopped
-            # after Train kept the checkpoint but before the row reached the writer, it is not lost.
+            # The row (and trace) of the checkpoint this attempt continues from, once more: if the driver
+            # stopped after Train kept the checkpoint but before the row reached the writer, it is not lost.
             ray.train.report(resend)  # [ray]
         loop.run(trial, worker, ds, config["run_id"], report, restore)

@@ -8,7 +8,7 @@ from typing import Any
 
 from ray import tune
 
-from raybench import results
+from raybench import results, traces
 from raybench.spec.config import TrialSpec
 
 
@@ -40,6 +40,7 @@ class ParquetWriter(tune.Callback):
         self.dataset = dataset
         self.concurrency = concurrency
         self._rows: dict[str, dict[int, dict[str, Any]]] = {}
+        self._traces: dict[str, Any] = {}  # per trial: its step trace so far (a pyarrow Table)
         self._meta: dict[str, dict[bytes, str]] = {}  # per trial: concurrency, placement
         self._meta_base = {
             results.META_DATASET: dataset,
@@ -93,7 +94,17 @@ class ParquetWriter(tune.Callback):
         placement = results.placement_from_metrics(result)
         if placement is not None:
             self._place(spec, row["epoch"], placement)
+        if result.get(traces.TRACE_KEY):
+            self._trace(spec, traces.decode(result[traces.TRACE_KEY]))
         self._write(spec, results.STATUS_RUNNING)
+
+    def _trace(self, spec: TrialSpec, epoch_table) -> None:
+        """Add an epoch's step trace to the trial's trace file (replacing that epoch and later ones)."""
+        where = traces.path(self.sweep_dir, spec.trial_id)
+        if spec.trial_id not in self._traces:
+            self._traces[spec.trial_id] = traces.read(where)
+        self._traces[spec.trial_id] = traces.merged(self._traces[spec.trial_id], epoch_table)
+        traces.write(where, self._traces[spec.trial_id])
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         spec = self._trial(trial)

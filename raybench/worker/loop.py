@@ -15,10 +15,12 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pyarrow as pa
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from raybench import traces
 from raybench.results import EpochRow
 from raybench.spec.config import TrialSpec
 from raybench.worker import checkpoint
@@ -26,7 +28,7 @@ from raybench.worker import data as cifar
 from raybench.worker.evaluation import consensus_model, evaluate
 from raybench.worker.setup import Setup, Worker, device_name, prepare
 
-Report = Callable[[EpochRow, Path | None], None]
+Report = Callable[[EpochRow, Path | None, pa.Table | None], None]  # row, checkpoint folder, trace (rank 0)
 Clock = Callable[[], float]
 
 
@@ -71,6 +73,7 @@ def train_epoch(s: Setup, epoch: int, budget_left: float | None = None,
                 >= budget_left:
             cut = True  # every rank got the same answer from the same number
             break
+        s.comm.begin_step()  # [trace] the step starts: data, forward, backward, optimizer
         batch = idx[step * bs:(step + 1) * bs]
         x = cifar.normalize(cifar.augment(ds.train_x[batch], aug)).contiguous(memory_format=fmt)
         y = ds.train_y[batch]
@@ -79,6 +82,7 @@ def train_epoch(s: Setup, epoch: int, budget_left: float | None = None,
             loss = F.cross_entropy(out, y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        s.comm.end_backward()  # [trace]
         opt.step()
         s.comm.after_step(ddp.module)  # [comm] close the step's timing; local SGD averages here
         lr = opt.param_groups[0]["lr"]  # the lr this step used, before the schedule moves on
@@ -92,8 +96,17 @@ def train_epoch(s: Setup, epoch: int, budget_left: float | None = None,
 
     comm = s.comm.take_stats()
     return {"seconds": seconds, "images": done * bs, "loss_sum": float(loss_sum), "correct": int(correct),
-            "comm_seconds": comm.comm_seconds, "simulated_delay_seconds": comm.simulated_delay_seconds, "cut": cut,
-            "lr": lr}
+            "comm_seconds": comm.comm_seconds, "simulated_delay_seconds": comm.simulated_delay_seconds,
+            "simulated_hold_seconds": comm.simulated_hold_seconds, "cut": cut, "lr": lr,
+            "trace": s.comm.take_trace(time.perf_counter())}
+
+
+def _gather_trace(trace: list, worker: Worker, epoch: int) -> pa.Table | None:
+    """Every rank's step records of the epoch, as one trace table on rank 0 (None elsewhere)."""
+    every = [trace] if worker.world == 1 else [None] * worker.world
+    if worker.world > 1:
+        dist.gather_object(trace, every if worker.rank == 0 else None, dst=0)
+    return traces.to_table(epoch, every) if worker.rank == 0 else None
 
 
 def _rank_state(s: Setup) -> dict:
@@ -132,8 +145,10 @@ def run(trial: TrialSpec, worker: Worker, ds: cifar.Cifar10, run_id: str, report
         if budget is not None and (last_epoch_seconds is None or train_seconds + 1.5 * last_epoch_seconds >= budget):
             budget_left = budget - train_seconds
         tr = train_epoch(s, epoch, budget_left, clock)
-        epoch_seconds, comm_seconds, delay_seconds = _over_ranks(
-            [tr["seconds"], tr["comm_seconds"], tr["simulated_delay_seconds"]], worker, dist.ReduceOp.MAX)
+        epoch_seconds, comm_seconds, delay_seconds, hold_seconds = _over_ranks(
+            [tr["seconds"], tr["comm_seconds"], tr["simulated_delay_seconds"], tr["simulated_hold_seconds"]], worker,
+            dist.ReduceOp.MAX)
+        trace = _gather_trace(tr["trace"], worker, epoch)
         last_epoch_seconds = epoch_seconds
         train_seconds += epoch_seconds
 
@@ -155,7 +170,7 @@ def run(trial: TrialSpec, worker: Worker, ds: cifar.Cifar10, run_id: str, report
             batch_per_worker=trial.schedule.batch_per_worker, global_batch=trial.global_batch, lr=tr["lr"],
             seed=trial.seed, epoch=epoch, train_seconds=train_seconds, epoch_seconds=epoch_seconds,
             eval_seconds=eval_seconds, compute_seconds=max(0.0, epoch_seconds - comm_seconds),
-            comm_seconds=comm_seconds, simulated_delay_seconds=delay_seconds,
+            comm_seconds=comm_seconds, simulated_delay_seconds=delay_seconds, simulated_hold_seconds=hold_seconds,
             images_per_second=images / epoch_seconds, train_loss=loss_sum / images,
             train_top1=correct / images, test_loss=te_loss / te_n, test_top1=te_correct / te_n,
             budget_cut=tr["cut"], timestamp=datetime.now(UTC),
@@ -163,7 +178,7 @@ def run(trial: TrialSpec, worker: Worker, ds: cifar.Cifar10, run_id: str, report
         with checkpoint.scratch() as tmp:
             folder = Path(tmp) if worker.rank == 0 else None
             _save(s, evaluated, folder, epoch, train_seconds)
-            report(row, folder)
+            report(row, folder, trace)
         if tr["cut"] or (budget is not None and train_seconds >= budget):
             break  # the time budget is spent
         if trial.goal.stop_at_target and row.test_top1 >= trial.goal.target_top1:

@@ -22,7 +22,7 @@ from torch.distributed.algorithms.ddp_comm_hooks import default_hooks, post_loca
 from torch.distributed.algorithms.model_averaging.averagers import PeriodicModelAverager
 
 from raybench.spec.config import TrialSpec
-from raybench.worker.comm.hook import CommStats, LinkHook, fp32_allreduce, link_hook
+from raybench.worker.comm.hook import CommStats, LinkHook, StepRecord, fp32_allreduce, link_hook
 from raybench.worker.comm.link import Link
 
 
@@ -86,6 +86,17 @@ class Comm:
     def take_stats(self) -> CommStats:
         """The epoch's communication totals so far, and a fresh count."""
         return self.hook.take_stats()
+
+    def begin_step(self) -> None:
+        """A step starts: the trace closes the previous one (see ``hook.StepRecord``)."""
+        self.hook.begin_step()
+
+    def end_backward(self) -> None:
+        self.hook.end_backward()
+
+    def take_trace(self, now: float) -> list[StepRecord]:
+        """The epoch's step records, the open step closed at ``now``."""
+        return self.hook.take_trace(now)
 
     def state_dict(self) -> dict[str, Any]:
         """This rank's algorithm state (PowerSGD: error feedback, warm-start factors, RNG, step),

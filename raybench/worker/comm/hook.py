@@ -1,9 +1,13 @@
 """The DDP communication hook that runs the real collective and applies the link model to it.
 
-The hook runs the real
-collective (a hook from torch.distributed.algorithms.ddp_comm_hooks), then holds its result until
-the modelled time has passed. Buckets queue on the link one after another, as on a wire; the hold
+The hook runs the real collective (a hook from torch.distributed.algorithms.ddp_comm_hooks: its
+compression, its all-reduces, its decompression), and when that has finished on this rank (so
+every rank has handed the bucket over, and compression compute has run), holds the result for
+the modelled link time. Buckets queue on the link one after another, as on a wire; the hold
 happens on a separate "wire" thread, so DDP keeps overlapping communication with the backward pass.
+
+It also records the step trace that replay re-times (``StepRecord``, per step): when each bucket
+was handed over, when its real collective finished, when it was released, and what it sent.
 """
 import heapq
 import itertools
@@ -16,7 +20,7 @@ import torch
 import torch.distributed as dist
 from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 
-from raybench.worker.comm.link import Link, allreduce_seconds
+from raybench.worker.comm.link import Link, link_seconds
 
 
 @dataclass
@@ -24,8 +28,32 @@ class CommStats:
     """Per-epoch communication totals, as the steps saw them."""
 
     comm_seconds: float = 0.0  # wait after the last bucket was ready until all were done
-    simulated_delay_seconds: float = 0.0  # modelled link time of every all-reduce (the real transfers run inside it)
+    simulated_delay_seconds: float = 0.0  # modelled link time of every collective
+    simulated_hold_seconds: float = 0.0  # time results were held back after their real collective had finished
     steps: int = 0
+
+
+@dataclass
+class StepRecord:
+    """One step on this rank, for replay; times in seconds from the step's start (this rank's clock).
+
+    Per bucket, in hand-over order: ``handover`` (DDP handed it to the hook), ``real_done`` (its real
+    collective, compression included, had finished), ``release`` (DDP got the result: ``real_done``
+    plus the hold), ``collectives`` and ``nbytes`` (what it puts on the link). ``backward``: when
+    ``backward()`` returned; ``end``: when the next step began. Local SGD's parameter averaging after
+    the optimizer: ``avg_collectives``, ``avg_nbytes``, ``avg_real`` (its real duration).
+    """
+
+    handover: list[float]
+    real_done: list[float]
+    release: list[float]
+    collectives: list[int]
+    nbytes: list[int]
+    backward: float = 0.0
+    end: float = 0.0
+    avg_collectives: int = 0
+    avg_nbytes: int = 0
+    avg_real: float = 0.0
 
 
 class _Wire(threading.Thread):
@@ -102,10 +130,15 @@ class LinkHook:
         self._ready: list[float] = []  # per bucket of this step: when DDP handed it over
         self._done: list[float] = []  # when its result was released to DDP
         self._stats = CommStats()
+        self._step_start: float | None = None  # begin_step's time; None: no step open (set-up, evaluation)
+        self._buckets: list[list] = []  # this step's [handover, real_done, release, collectives, nbytes]
+        self._avg = (0, 0, 0.0)  # this step's parameter averaging: collectives, bytes, real seconds
+        self._backward = 0.0
+        self._trace: list[StepRecord] = []
 
     def modelled_seconds(self, sizes: list[int]) -> float:
         """Link time of a sequence of all-reduces (each pays the latency term)."""
-        return sum(allreduce_seconds(n, self.workers, self.link) for n in sizes)
+        return float(link_seconds(len(sizes), sum(sizes), self.workers, self.link))
 
     def __call__(self, bucket: dist.GradBucket) -> torch.futures.Future:
         if self.bypass:
@@ -116,30 +149,40 @@ class LinkHook:
         with self._lock:
             self._ready.append(ready)
             self._stats.simulated_delay_seconds += modelled
-            deadline = max(self._wire_free_at, ready) + modelled
-            self._wire_free_at = deadline
+            record = [ready, ready, ready, len(sizes) if self.workers > 1 else 0, sum(sizes)]
+            self._buckets.append(record)
         real = self.inner(self.inner_state, bucket)
         if modelled == 0.0:
-            def record(fut: torch.futures.Future):
+            def finished(fut: torch.futures.Future):
                 t = time.perf_counter()
                 with self._lock:
+                    record[1] = record[2] = t
                     self._done.append(t)
                 return fut.value()
-            return real.then(record)
+            return real.then(finished)
 
         out = torch.futures.Future(devices=self.devices)
 
         def real_finished(_fut: torch.futures.Future) -> None:
+            # Every rank has handed the bucket over and the real collective (with the algorithm's own
+            # compute) is done: the modelled transfer starts now, or when the wire is free.
             try:
-                self._ensure_wire().hold(deadline, real, out, self._released)
+                t = time.perf_counter()
+                with self._lock:
+                    record[1] = t
+                    deadline = max(self._wire_free_at, t) + modelled
+                    self._wire_free_at = deadline
+                self._ensure_wire().hold(deadline, real, out, lambda at: self._released(record, at))
             except Exception as e:  # no wire to hold it on: DDP gets the error rather than no answer
                 out.set_exception(e)
 
         real.add_done_callback(real_finished)
         return out
 
-    def _released(self, t: float) -> None:
+    def _released(self, record: list, t: float) -> None:
         with self._lock:
+            record[2] = t
+            self._stats.simulated_hold_seconds += t - record[1]
             self._done.append(t)
 
     def _ensure_wire(self) -> _Wire:
@@ -160,6 +203,32 @@ class LinkHook:
             self._wire_free_at = max(self._wire_free_at, time.perf_counter())
             self._stats.comm_seconds += real_seconds + delay
             self._stats.simulated_delay_seconds += modelled
+            self._stats.simulated_hold_seconds += delay
+            self._avg = (len(sizes) if self.workers > 1 else 0, sum(sizes), real_seconds)
+
+    def begin_step(self) -> None:
+        """A training step starts (before its data and forward): closes the previous step's record."""
+        now = time.perf_counter()
+        with self._lock:
+            self._close_record(now)
+            self._step_start = now
+
+    def end_backward(self) -> None:
+        """``backward()`` has returned: every bucket of the step is released."""
+        t = time.perf_counter()
+        with self._lock:
+            self._backward = t
+
+    def _close_record(self, now: float) -> None:
+        if self._step_start is None:
+            return
+        t0 = self._step_start
+        b = self._buckets
+        self._trace.append(StepRecord(
+            handover=[r[0] - t0 for r in b], real_done=[r[1] - t0 for r in b], release=[r[2] - t0 for r in b],
+            collectives=[r[3] for r in b], nbytes=[r[4] for r in b], backward=max(self._backward - t0, 0.0),
+            end=now - t0, avg_collectives=self._avg[0], avg_nbytes=self._avg[1], avg_real=self._avg[2]))
+        self._step_start, self._buckets, self._avg, self._backward = None, [], (0, 0, 0.0), 0.0
 
     def end_step(self) -> None:
         """Close one step's timing; call after backward() returned (all buckets are done then)."""
@@ -175,6 +244,15 @@ class LinkHook:
         with self._lock:
             stats, self._stats = self._stats, CommStats()
         return stats
+
+    def take_trace(self, now: float | None = None) -> list[StepRecord]:
+        """The steps recorded since the last call (an open step is closed at ``now``)."""
+        with self._lock:
+            if now is not None:
+                self._close_record(now)
+            self._step_start, self._buckets = None, []
+            trace, self._trace = self._trace, []
+        return trace
 
 
 def link_hook(state: LinkHook, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:

@@ -29,3 +29,17 @@ def allreduce_seconds(nbytes: float, workers: int, link: Link) -> float:
     if link.bandwidth_mbps is not None:
         seconds += 2 * (workers - 1) / workers * nbytes * 8 / (link.bandwidth_mbps * 1e6)
     return seconds
+
+
+def link_seconds(collectives, nbytes, workers: int, link: Link):
+    """Modelled time of ``collectives`` ring all-reduces carrying ``nbytes`` in all over ``workers``
+    on ``link``: the sum of ``allreduce_seconds`` over them, in closed form. Arithmetic only, so
+    ``collectives`` and ``nbytes`` may be numbers or numpy arrays (replay re-times whole traces)."""
+    if workers < 1:
+        raise ValueError(f"need workers >= 1, got {workers}")
+    if workers == 1:
+        return 0.0 * nbytes
+    seconds = collectives * (link.overhead_ms / 1e3 + 2 * (workers - 1) * link.latency_ms / 1e3)
+    if link.bandwidth_mbps is not None:
+        seconds = seconds + 2 * (workers - 1) / workers * nbytes * 8 / (link.bandwidth_mbps * 1e6)
+    return seconds

@@ -1,0 +1,179 @@
+"""Predicted trials from measured ones: re-time a measured trial's trace under another link (and
+worker count) into epoch rows in the result schema, and check predictions against measurements.
+
+A predicted row copies the measured row's accuracy columns (the arithmetic of synchronous SGD does
+not depend on the link) and replaces its time columns with the replay's (``raybench.replay``);
+``source`` is ``predicted`` and ``predicted_from`` names the measured trial. Its trial id is the
+grid point's id with ``PREDICTED_SUFFIX``, so that a predicted and a measured run of the same
+grid point are two trials side by side. A predicted trial ends at the last epoch that fits its
+time budget (a slower link trains fewer epochs in the same budget).
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import pandas as pd
+
+from raybench import replay, results, traces
+from raybench.analysis import metrics
+from raybench.spec import config as cfg
+from raybench.spec.schedule import peak_lr
+from raybench.worker.comm.link import Link
+
+PREDICTED_SUFFIX = "_pred"
+
+
+@dataclass(frozen=True)
+class Measured:
+    """A measured trial that can be replayed: its spec, rows (epoch order), trace and file metadata."""
+
+    spec: cfg.TrialSpec
+    rows: list[dict[str, Any]]
+    steps: replay.Steps
+    meta: dict[str, str]
+
+    @property
+    def link(self) -> Link:
+        return Link(self.spec.bandwidth_mbps, self.spec.latency_ms, self.spec.link_overhead_ms)
+
+
+def measured_trials(path) -> tuple[list[Measured], list[str]]:
+    """The complete measured trials under ``path`` that have a step trace, and a note for each
+    trial left out (and why)."""
+    found, skipped = [], []
+    for t in results.read_trials(path):
+        if not t.rows:
+            continue
+        trial_id = t.rows[0]["trial_id"]
+        if any(r.get("source") not in (None, results.SOURCE_MEASURED) for r in t.rows):
+            continue
+        if t.meta.get(results.META_STATUS.decode()) != results.STATUS_COMPLETE:
+            skipped.append(f"{trial_id}: not complete ({t.meta.get(results.META_STATUS.decode(), 'no status')})")
+            continue
+        table = traces.read(traces.beside(t.path, trial_id))
+        if table is None or table.num_rows == 0:
+            skipped.append(f"{trial_id}: no step trace (written before traces existed, or its _traces was removed)")
+            continue
+        spec = cfg.TrialSpec.model_validate_json(t.meta[results.META_CONFIG.decode()])
+        rows = sorted(t.rows, key=lambda r: r["epoch"])
+        found.append(Measured(spec, rows, replay.steps(table), t.meta))
+    return found, skipped
+
+
+def predicted_spec(spec: cfg.TrialSpec, link: Link, workers: int) -> cfg.TrialSpec:
+    """The grid point ``spec`` would be at ``link`` and ``workers``, under its predicted trial id."""
+    grid_id = cfg._trial_id(spec.arch, spec.depth, spec.version, workers, spec.hardware, link.bandwidth_mbps,
+                            link.latency_ms, spec.algorithm, spec.seed, spec.precision)
+    return spec.model_copy(update={"workers": workers, "bandwidth_mbps": link.bandwidth_mbps,
+                                   "latency_ms": link.latency_ms, "link_overhead_ms": link.overhead_ms,
+                                   "trial_id": grid_id + PREDICTED_SUFFIX})
+
+
+def _steps_at(m: Measured, workers: int) -> dict[int, float] | None:
+    """Steps per epoch at ``workers`` when it differs from the trace's worker count."""
+    if workers == m.spec.workers:
+        return None
+    images = m.spec.data.train_images or 50_000
+    per = images // workers // m.spec.schedule.batch_per_worker
+    if per < 1:
+        raise ValueError(f"{workers} workers x batch {m.spec.schedule.batch_per_worker} is more than the "
+                         f"{images} training images of {m.spec.trial_id}")
+    return {r["epoch"]: float(per) for r in m.rows}
+
+
+def predict(m: Measured, link: Link, workers: int, run_id: str) -> tuple[cfg.TrialSpec, list[dict[str, Any]]]:
+    """The rows of ``m`` re-timed on ``link`` with ``workers``."""
+    spec = predicted_spec(m.spec, link, workers)
+    measured = {r["epoch"]: r["epoch_seconds"] for r in m.rows}
+    times = {e.epoch: e for e in replay.epoch_times(m.steps, link, workers, m.link, m.spec.workers, measured,
+                                                    _steps_at(m, workers))}
+    budget = spec.goal.time_budget_s
+    rows, total, now = [], 0.0, datetime.now(UTC)
+    for r in m.rows:
+        e = times.get(r["epoch"])
+        if e is None:  # an epoch without a trace (never, for a trial traced from its start)
+            break
+        if budget is not None and total >= budget:
+            break  # the budget was spent before this epoch
+        total += e.epoch_seconds
+        images = e.steps * workers * spec.schedule.batch_per_worker
+        lr = r["lr"] if workers == m.spec.workers else r["lr"] * peak_lr(spec.schedule, workers) / peak_lr(
+            spec.schedule, m.spec.workers)
+        rows.append(r | {
+            "run_id": run_id, "trial_id": spec.trial_id, "source": results.SOURCE_PREDICTED,
+            "predicted_from": m.spec.trial_id, "workers": workers, "global_batch": spec.global_batch, "lr": lr,
+            "bandwidth_mbps": link.bandwidth_mbps, "latency_ms": link.latency_ms, "train_seconds": total,
+            "epoch_seconds": e.epoch_seconds, "comm_seconds": e.comm_seconds,
+            "compute_seconds": max(0.0, e.epoch_seconds - e.comm_seconds),
+            "simulated_delay_seconds": e.simulated_delay_seconds, "simulated_hold_seconds": e.simulated_hold_seconds,
+            "images_per_second": images / e.epoch_seconds if e.epoch_seconds > 0 else math.nan,
+            "timestamp": now})
+    return spec, rows
+
+
+def metadata(m: Measured, spec: cfg.TrialSpec) -> dict[bytes, str]:
+    """A predicted trial file's metadata: the measured trial's, with the predicted config."""
+    keep = (results.META_DATASET, results.META_VERSIONS, results.META_GIT, results.META_PLACEMENT)
+    meta = {k: m.meta[k.decode()] for k in keep if k.decode() in m.meta}
+    return meta | {results.META_CONFIG: spec.model_dump_json(), results.META_STATUS: results.STATUS_COMPLETE}
+
+
+def write(folder, m: Measured, spec: cfg.TrialSpec, rows: list[dict[str, Any]]) -> None:
+    results.write_trial(results.trial_path(folder, spec.trial_id), results.to_table(rows, metadata(m, spec)))
+
+
+# ---------------------------------------------------------------- checking predictions against measurements
+
+def _same_config(a: cfg.TrialSpec, b: cfg.TrialSpec) -> bool:
+    ignore = {"trial_id", "bandwidth_mbps", "latency_ms", "link_overhead_ms", "workers"}
+    return a.model_dump(exclude=ignore) == b.model_dump(exclude=ignore)
+
+
+def validation(found: Iterable[Measured], run_id: str = "validate") -> pd.DataFrame:
+    """Every measured trial predicted from every other measured trial of the same configuration (other
+    link or worker count): per epoch, predicted and measured ``epoch_seconds`` and the error, and per
+    pair the time to the trial's target both ways."""
+    found = list(found)
+    out = []
+    for src in found:
+        for dst in found:
+            if src is dst or not _same_config(src.spec, dst.spec):
+                continue
+            _, rows = predict(src, dst.link, dst.spec.workers, run_id)
+            target = dst.spec.goal.target_top1
+            ttt_p = metrics.time_to_accuracy(pd.DataFrame(rows), target) if rows else None
+            ttt_m = metrics.time_to_accuracy(pd.DataFrame(dst.rows), target)
+            by_epoch = {r["epoch"]: r for r in dst.rows}
+            for r in rows:
+                actual = by_epoch.get(r["epoch"])
+                if actual is None:
+                    continue
+                out.append({"predicted_from": src.spec.trial_id, "trial_id": dst.spec.trial_id,
+                            "epoch": r["epoch"], "predicted_s": r["epoch_seconds"],
+                            "measured_s": actual["epoch_seconds"],
+                            "error": r["epoch_seconds"] / actual["epoch_seconds"] - 1,
+                            "tta_predicted_s": ttt_p, "tta_measured_s": ttt_m,
+                            "tta_error": (ttt_p / ttt_m - 1) if ttt_p and ttt_m else None})
+    return pd.DataFrame(out, columns=["predicted_from", "trial_id", "epoch", "predicted_s", "measured_s", "error",
+                                      "tta_predicted_s", "tta_measured_s", "tta_error"])
+
+
+def errors_in(rows: pd.DataFrame) -> pd.DataFrame:
+    """Where a results folder holds a predicted trial and the measured trial of the same grid point:
+    per epoch, the predicted and measured ``epoch_seconds`` and the error (for the report)."""
+    if "source" not in rows or not (rows["source"] == results.SOURCE_PREDICTED).any():
+        return pd.DataFrame(columns=["trial_id", "predicted_from", "epoch", "predicted_s", "measured_s", "error"])
+    pred = rows[rows["source"] == results.SOURCE_PREDICTED].copy()
+    meas = rows[rows["source"].fillna(results.SOURCE_MEASURED) == results.SOURCE_MEASURED]
+    pred["grid_id"] = pred["trial_id"].str.removesuffix(PREDICTED_SUFFIX)
+    both = pred.merge(meas[["sweep", "trial_id", "epoch", "epoch_seconds"]], how="inner",
+                      left_on=["sweep", "grid_id", "epoch"], right_on=["sweep", "trial_id", "epoch"],
+                      suffixes=("", "_measured"))
+    return pd.DataFrame({"trial_id": both["grid_id"], "predicted_from": both["predicted_from"],
+                         "epoch": both["epoch"], "predicted_s": both["epoch_seconds"],
+                         "measured_s": both["epoch_seconds_measured"],
+                         "error": both["epoch_seconds"] / both["epoch_seconds_measured"] - 1})
