@@ -62,7 +62,8 @@ def sweep_yaml(name: str, bandwidths: list, latencies: list[float], args: argpar
     return json.dumps({  # JSON is YAML
         "name": name, "model": {"arch": "resnet", "depth": [20], "version": ["v1"]}, "workers": [2],
         "hardware": ["cpu"], "cpus_per_worker": 1,
-        "network": {"bandwidth_mbps": bandwidths, "latency_ms": latencies}, "algorithm": ["allreduce"],
+        "network": {"bandwidth_mbps": bandwidths, "latency_ms": latencies},
+        "algorithm": [getattr(args, "algorithm", "allreduce")], "powersgd": {"start_iter": 10},
         "schedule": {"batch_per_worker": args.batch, "lr_per_256": 0.1, "warmup_epochs": 1, "milestones": [100],
                      "epochs": args.epochs},
         "goal": {"target_top1": 0.5, "time_budget_s": 3600, "stop_at_target": False},
@@ -228,6 +229,7 @@ def main() -> int:
     p.add_argument("--train-images", type=int, default=2048)
     p.add_argument("--test-images", type=int, default=512)
     p.add_argument("--batch", type=int, default=64, help="per worker")
+    p.add_argument("--algorithm", default="allreduce", help="the trials' algorithm (allreduce, fp16, powersgd, ...)")
     p.add_argument("--repeat", type=int, default=1, help="rounds over all points (interleaved)")
     p.add_argument("--backend", default="auto", choices=netem.BACKENDS, help="how the real link is shaped")
     p.add_argument("--only", choices=["sim", "real"], help="run one side only (no ratios)")

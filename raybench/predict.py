@@ -1,8 +1,9 @@
 """``python -m raybench.predict RESULTS_DIR``: measured trials re-timed under other links from their traces.
 
-- ``--bandwidth-mbps LIST --latency-ms LIST [--workers LIST] [--profile FILE] --out DIR``: every
-  complete measured trial with a trace, under every link of the grid (and worker count), written
-  as predicted trial files into DIR (rows in the result schema, ``source = predicted``).
+- ``--bandwidth-mbps LIST --latency-ms LIST [--workers LIST] [--profile FILE] --out DIR``: per
+  configuration, its complete measured trial with a trace on the fastest link, under every link of
+  the grid (and worker count), written as predicted trial files into DIR (rows in the result
+  schema, ``source = predicted``).
 - ``--validate``: every measured trial predicted from every other measured trial of the same
   configuration, against what was measured: the error per epoch and of the time to target.
 
@@ -111,14 +112,14 @@ def main(argv: list[str] | None = None) -> int:
         return _validate(found)
     run_id = f"predict-{uuid.uuid4().hex[:8]}"
     written = 0
-    for m in found:
+    for m in prediction.sources(found):  # one per configuration: several would write the same grid points
         for link in grid:
             for w in workers or [m.spec.workers]:
                 spec, rows = prediction.predict(m, link, w, run_id)
                 if rows:
                     prediction.write(args.out, m, spec, rows)
                     written += 1
-    print(f"wrote {written} predicted trials from {len(found)} measured into {args.out}")
+    print(f"wrote {written} predicted trials from {len(prediction.sources(found))} measured into {args.out}")
     return 0
 
 

@@ -188,3 +188,16 @@ def test_validate_reports_the_error_of_every_checkable_prediction(live, tmp_path
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "worst epoch-time error" in proc.stdout and "over 12 epochs of 6 predictions" in proc.stdout
+
+
+def test_the_report_prints_the_error_where_a_grid_point_is_predicted_and_measured(live, tmp_path):
+    folder = _results_folder(tmp_path / "sweep", live, list(LINKS))
+    proc = subprocess.run([sys.executable, "-m", "raybench.predict", str(folder), "--bandwidth-mbps", "10",
+                           "--latency-ms", "0", "--out", str(folder)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    report = subprocess.run([sys.executable, "-m", "raybench.report", str(folder), "--out", str(tmp_path / "rep")],
+                            capture_output=True, text=True, timeout=300)
+    assert report.returncode == 0, report.stderr
+    section = report.stdout.split("Prediction error", 1)[1]
+    assert section.count("resnet20v1_w2_cpu_bw10_lat0_allreduce_s0") == 2  # one line per epoch
+    assert "note: prediction error: worst" in report.stdout

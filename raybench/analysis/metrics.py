@@ -17,7 +17,7 @@ from raybench.results import TRIAL_KEY
 # field a sweep's grid can vary, other than workers, belongs here (tests/test_metrics.py checks this):
 # a field left out puts two 1-worker trials in one group.
 CONFIG_KEY = ("sweep", "model", "depth", "version", "algorithm", "hardware", "precision", "bandwidth_mbps",
-              "latency_ms", "batch_per_worker", "seed")
+              "latency_ms", "batch_per_worker", "seed", "source")
 
 TimeMetric = Callable[[pd.DataFrame], float | None]
 # A target or a budget: one value for every trial, or one per trial keyed by (sweep, trial_id).

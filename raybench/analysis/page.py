@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from raybench import results
-from raybench.analysis import metrics, plots, tables
+from raybench.analysis import metrics, plots, prediction, tables
 
 
 @dataclass
@@ -55,6 +55,16 @@ def build(res: results.Results, target: float | None = None, budget: float | Non
         if tables.swept(rows, field):
             figures.append((f"time_vs_{name}.png", f"Time to target and time per epoch against link {name}.",
                             plots.png_bytes(plots.plot_vs_network(rows, field, targets))))
+
+    errors = prediction.errors_in(rows)
+    if not errors.empty:
+        shown.append(("Prediction error: predicted (replayed) against measured, same grid point",
+                      errors.assign(error=errors["error"].map("{:+.1%}".format)).round(3)))
+        notes.append(f"prediction error: worst {errors['error'].abs().max():.1%} over {len(errors)} epochs where a "
+                     f"grid point was both predicted and measured")
+    elif (rows["source"] == results.SOURCE_PREDICTED).any():
+        notes.append("prediction error: no grid point was both predicted and measured; run the sweep once without "
+                     "--replay (or python -m raybench.predict --validate) to measure it")
 
     figures.append(("compute_comm.png", "Training time per trial: compute, measured communication wait, and "
                     "the simulated link delay (part of communication).",

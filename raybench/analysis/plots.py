@@ -26,8 +26,8 @@ def png_bytes(fig) -> bytes:
     return buf.getvalue()
 
 
-VARYING = ("sweep", "model", "algorithm", "hardware", "workers", "bandwidth_mbps", "latency_ms",
-           "batch_per_worker", "seed")
+VARYING = ("sweep", "model", "algorithm", "hardware", "precision", "workers", "bandwidth_mbps", "latency_ms",
+           "batch_per_worker", "seed", "source")
 
 
 def _field_text(field: str, v) -> str:
@@ -151,13 +151,17 @@ def plot_vs_network(rows: pd.DataFrame, field: str, targets: dict):
                           "epoch": metrics.seconds_per_epoch(g)})
     frame = pd.DataFrame(per_trial)
     frame["series"] = [names[k] for k in frame["key"]]
+    sources = rows.drop_duplicates(list(TRIAL_KEY)).set_index(list(TRIAL_KEY))["source"]
+    frame["predicted"] = [sources.get(k) == "predicted" for k in frame["key"]]
     any_target = frame["target"].notna().any()
     for i, (series, g) in enumerate(frame.groupby("series", sort=True)):
         colour = f"C{i}"
         finite = g[g["x"].notna()].sort_values("x")
+        hollow = bool(g["predicted"].all())  # predicted (replayed): hollow markers, dashed line
         for ax, col in ((ax_t, "target"), (ax_e, "epoch")):
             pts = finite.dropna(subset=[col])
-            ax.plot(pts["x"], pts[col], marker="o", color=colour, label=series or None)
+            ax.plot(pts["x"], pts[col], marker="o", color=colour, label=series or None,
+                    markerfacecolor="none" if hollow else colour, linestyle="--" if hollow else "-")
             for level in g[g["x"].isna()][col].dropna():
                 ax.axhline(level, color=colour, linestyle=":", linewidth=1,
                            label=f"{series + ', ' if series else ''}unlimited")

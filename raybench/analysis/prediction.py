@@ -64,10 +64,11 @@ def measured_trials(path) -> tuple[list[Measured], list[str]]:
     return found, skipped
 
 
-def predicted_spec(spec: cfg.TrialSpec, link: Link, workers: int) -> cfg.TrialSpec:
-    """The grid point ``spec`` would be at ``link`` and ``workers``, under its predicted trial id."""
-    grid_id = cfg._trial_id(spec.arch, spec.depth, spec.version, workers, spec.hardware, link.bandwidth_mbps,
-                            link.latency_ms, spec.algorithm, spec.seed, spec.precision)
+def predicted_spec(spec: cfg.TrialSpec, link: Link, workers: int, grid_id: str | None = None) -> cfg.TrialSpec:
+    """The grid point ``spec`` would be at ``link`` and ``workers`` (its id ``grid_id`` when the
+    sweep named it), under its predicted trial id."""
+    grid_id = grid_id or cfg._trial_id(spec.arch, spec.depth, spec.version, workers, spec.hardware,
+                                       link.bandwidth_mbps, link.latency_ms, spec.algorithm, spec.seed, spec.precision)
     return spec.model_copy(update={"workers": workers, "bandwidth_mbps": link.bandwidth_mbps,
                                    "latency_ms": link.latency_ms, "link_overhead_ms": link.overhead_ms,
                                    "trial_id": grid_id + PREDICTED_SUFFIX})
@@ -85,9 +86,10 @@ def _steps_at(m: Measured, workers: int) -> dict[int, float] | None:
     return {r["epoch"]: float(per) for r in m.rows}
 
 
-def predict(m: Measured, link: Link, workers: int, run_id: str) -> tuple[cfg.TrialSpec, list[dict[str, Any]]]:
+def predict(m: Measured, link: Link, workers: int, run_id: str,
+            grid_id: str | None = None) -> tuple[cfg.TrialSpec, list[dict[str, Any]]]:
     """The rows of ``m`` re-timed on ``link`` with ``workers``."""
-    spec = predicted_spec(m.spec, link, workers)
+    spec = predicted_spec(m.spec, link, workers, grid_id)
     measured = {r["epoch"]: r["epoch_seconds"] for r in m.rows}
     times = {e.epoch: e for e in replay.epoch_times(m.steps, link, workers, m.link, m.spec.workers, measured,
                                                     _steps_at(m, workers))}
@@ -128,9 +130,24 @@ def write(folder, m: Measured, spec: cfg.TrialSpec, rows: list[dict[str, Any]]) 
 
 # ---------------------------------------------------------------- checking predictions against measurements
 
+_LINK_AND_WORKERS = {"trial_id", "bandwidth_mbps", "latency_ms", "link_overhead_ms", "workers"}
+
+
 def _same_config(a: cfg.TrialSpec, b: cfg.TrialSpec) -> bool:
-    ignore = {"trial_id", "bandwidth_mbps", "latency_ms", "link_overhead_ms", "workers"}
-    return a.model_dump(exclude=ignore) == b.model_dump(exclude=ignore)
+    return a.model_dump(exclude=_LINK_AND_WORKERS) == b.model_dump(exclude=_LINK_AND_WORKERS)
+
+
+def sources(found: Iterable[Measured]) -> list[Measured]:
+    """One measured trial per configuration to predict from: the one on the fastest link (unlimited
+    bandwidth first, then the lowest latency), whose trace holds the least waiting."""
+    best: dict[str, tuple[tuple, Measured]] = {}
+    for m in found:
+        key = m.spec.model_dump_json(exclude=_LINK_AND_WORKERS)
+        rank = (-(m.spec.bandwidth_mbps or float("inf")), m.spec.latency_ms, m.spec.link_overhead_ms,
+                -m.spec.workers, m.spec.trial_id)
+        if key not in best or rank < best[key][0]:
+            best[key] = (rank, m)
+    return [m for _, m in best.values()]
 
 
 def validation(found: Iterable[Measured], run_id: str = "validate") -> pd.DataFrame:
@@ -177,3 +194,43 @@ def errors_in(rows: pd.DataFrame) -> pd.DataFrame:
                          "epoch": both["epoch"], "predicted_s": both["epoch_seconds"],
                          "measured_s": both["epoch_seconds_measured"],
                          "error": both["epoch_seconds"] / both["epoch_seconds_measured"] - 1})
+
+
+# ---------------------------------------------------------------- sweep --replay: train once per configuration
+
+def replay_plan(trials: list[cfg.TrialSpec]) -> tuple[list[cfg.TrialSpec], dict[str, list[cfg.TrialSpec]]]:
+    """``--replay``: the trials to train (per configuration, its first link in grid order) and, per
+    trained trial id, the grid points to fill by replaying its trace."""
+    network = {"trial_id", "bandwidth_mbps", "latency_ms", "link_overhead_ms"}
+    first: dict[str, cfg.TrialSpec] = {}
+    fill: dict[str, list[cfg.TrialSpec]] = {}
+    for t in trials:
+        key = t.model_dump_json(exclude=network)
+        if key not in first:
+            first[key] = t
+            fill[t.trial_id] = []
+        else:
+            fill[first[key].trial_id].append(t)
+    return list(first.values()), fill
+
+
+def fill_grid(sweep_dir, fill: dict[str, list[cfg.TrialSpec]], run_id: str) -> tuple[int, list[str]]:
+    """Write the predicted trials of ``fill`` (see ``replay_plan``) into ``sweep_dir`` from the trained
+    trials' traces; returns how many were written and a note per trained trial that could not be
+    replayed (failed, or without a trace)."""
+    if not any(fill.values()):
+        return 0, []
+    found, skipped = measured_trials(sweep_dir)
+    by_id = {m.spec.trial_id: m for m in found}
+    written, notes = 0, [n for n in skipped if n.split(":", 1)[0] in fill and fill[n.split(":", 1)[0]]]
+    for trained, points in fill.items():
+        m = by_id.get(trained)
+        if m is None:
+            continue
+        for p in points:
+            link = Link(p.bandwidth_mbps, p.latency_ms, p.link_overhead_ms)
+            spec, rows = predict(m, link, p.workers, run_id, p.trial_id)
+            if rows:
+                write(sweep_dir, m, spec, rows)
+                written += 1
+    return written, notes

@@ -123,6 +123,7 @@ class LinkHook:
         self.inner, self.inner_state = inner, inner_state
         self.collectives = collectives
         self.bypass = False  # True: a plain all-reduce that touches no state and no clock (set-up only)
+        self.recording = True  # False: no step trace (bench/replay_speed.py measures what recording costs)
         self.devices = [device] if device is not None and device.type == "cuda" else None
         self._lock = threading.Lock()
         self._wire_free_at = 0.0
@@ -208,6 +209,8 @@ class LinkHook:
 
     def begin_step(self) -> None:
         """A training step starts (before its data and forward): closes the previous step's record."""
+        if not self.recording:
+            return
         now = time.perf_counter()
         with self._lock:
             self._close_record(now)
@@ -215,6 +218,8 @@ class LinkHook:
 
     def end_backward(self) -> None:
         """``backward()`` has returned: every bucket of the step is released."""
+        if not self.recording:
+            return
         t = time.perf_counter()
         with self._lock:
             self._backward = t
