@@ -24,6 +24,7 @@ from pydantic import (
 
 from raybench.models import ARCHS, model_name
 from raybench.spec import yamlfile
+from raybench.spec.profile import LinkProfile, ProfileError, read_profile
 from raybench.spec.yamlfile import shown
 from raybench.worker.comm import ALGORITHMS
 
@@ -124,9 +125,21 @@ Bandwidth = Annotated[float | str, BeforeValidator(_bandwidth)]
 class NetworkGrid(_Strict):
     bandwidth_mbps: Annotated[list[Bandwidth], Field(min_length=1)] = [UNLIMITED]
     latency_ms: Annotated[list[NonNegFloat], Field(min_length=1)] = [0.0]
+    profile: Annotated[str, Field(strict=True, min_length=1)] | None = None  # a calibrated link (spec.profile)
 
     _grid = field_validator("bandwidth_mbps", "latency_ms", mode="before")(_listify)
     _uniq = field_validator("bandwidth_mbps", "latency_ms")(_unique)
+
+    @field_validator("profile")
+    @classmethod
+    def _alone(cls, v: str | None, info: ValidationInfo) -> str | None:
+        """A profile sets bandwidth, latency and overhead: the grid's own lists must be absent (or the default)."""
+        for field, default in (("bandwidth_mbps", [UNLIMITED]), ("latency_ms", [0.0])):
+            given = info.data.get(field, default)
+            if v is not None and given != default:
+                raise ValueError(f"network.{field} {shown(given)} cannot be combined with a profile, which sets "
+                                 f"bandwidth, latency and overhead; remove network.{field} or network.profile")
+        return v
 
 
 class Schedule(_Strict):
@@ -218,6 +231,8 @@ class TrialSpec(_Strict):
     bandwidth_mbps: float | None  # None = unlimited
     latency_ms: float
     link_overhead_ms: float = 0.0  # fixed cost per collective, from a calibrated profile (network.profile)
+    link_profile: str | None = None  # the profile's name (its file's stem), in the trial id; None: the grid's link
+    link_handshake_trips: float = 0.0  # the profile's handshake trips per ring step (in link_overhead_ms)
     algorithm: str
     powersgd: PowerSGDOptions = PowerSGDOptions()
     localsgd: LocalSGDOptions = LocalSGDOptions()
@@ -237,25 +252,41 @@ class TrialSpec(_Strict):
 
 
 def _trial_id(arch: str, depth: int, version: str, workers: int, hardware: str, bw: float | None, lat: float,
-              algorithm: str, seed: int, precision: str = "fp32") -> str:
+              algorithm: str, seed: int, precision: str = "fp32", profile: str | None = None) -> str:
     bw_s = "inf" if bw is None else f"{bw:g}"
     model = model_name(arch, depth, version, sep="")
     prec = "" if precision == "fp32" else f"_{precision}"
-    return f"{model}_w{workers}_{hardware}{prec}_bw{bw_s}_lat{lat:g}_{algorithm}_s{seed}"
+    link = f"link-{profile}" if profile else f"bw{bw_s}_lat{lat:g}"
+    return f"{model}_w{workers}_{hardware}{prec}_{link}_{algorithm}_s{seed}"
+
+
+def _profile(spec: SweepSpec, source: str) -> LinkProfile | None:
+    if spec.network.profile is None:
+        return None
+    try:
+        return read_profile(spec.network.profile)
+    except ProfileError as e:
+        raise ConfigError(f"{source}: field 'network.profile': {e}") from None
 
 
 def expand(spec: SweepSpec) -> list[TrialSpec]:
-    """The grid: every combination of the list-valued fields is one trial, in a stable order."""
+    """The grid: every combination of the list-valued fields is one trial, in a stable order. With
+    ``network.profile``, every trial takes the profile's bandwidth, latency and overhead."""
+    prof = _profile(spec, spec.name)
+    bandwidths = [prof.bandwidth_mbps or UNLIMITED] if prof else spec.network.bandwidth_mbps
+    latencies = [prof.latency_ms] if prof else spec.network.latency_ms
     trials = []
     for depth, version, workers, hardware, precision, bw, lat, algorithm, seed in itertools.product(
         spec.model.depth, spec.model.version, spec.workers, spec.hardware, spec.precision,
-        spec.network.bandwidth_mbps, spec.network.latency_ms, spec.algorithm, spec.seed,
+        bandwidths, latencies, spec.algorithm, spec.seed,
     ):
         bw_value = None if bw == UNLIMITED else float(bw)
         trials.append(TrialSpec(
             sweep=spec.name,
             trial_id=_trial_id(spec.model.arch, depth, version, workers, hardware, bw_value, lat, algorithm, seed,
-                               precision),
+                               precision, prof and prof.name),
+            link_overhead_ms=prof.overhead_at(workers) if prof else 0.0, link_profile=prof and prof.name,
+            link_handshake_trips=prof.handshake_trips if prof else 0.0,
             arch=spec.model.arch, depth=depth, version=version, workers=workers, hardware=hardware,
             cpus_per_worker=spec.cpus_per_worker, gpus_per_worker=spec.gpus_per_worker,
             accelerator_type=spec.accelerator_type, precision=precision,
@@ -281,13 +312,15 @@ def smoke(trials: list[TrialSpec]) -> list[TrialSpec]:
         data = DataSubset(train_images=min(t.data.train_images or SMOKE_TRAIN_IMAGES, SMOKE_TRAIN_IMAGES),
                           test_images=min(t.data.test_images or SMOKE_TEST_IMAGES, SMOKE_TEST_IMAGES))
         trial_id = _trial_id(t.arch, t.depth, t.version, workers, "cpu", t.bandwidth_mbps, t.latency_ms, t.algorithm,
-                             t.seed, t.precision)
+                             t.seed, t.precision, t.link_profile)
+        # a profile's handshake trips are per ring step: fewer workers, fewer steps
+        overhead = t.link_overhead_ms - 2 * (t.workers - workers) * t.link_handshake_trips * t.latency_ms
         powersgd = t.powersgd.model_copy(update={"start_iter": min(t.powersgd.start_iter, 2)})
         localsgd = t.localsgd.model_copy(update={"warmup_steps": min(t.localsgd.warmup_steps, 2),
                                                  "period": min(t.localsgd.period, 2)})
         out.setdefault(trial_id, t.model_copy(update={
             "workers": workers, "hardware": "cpu", "cpus_per_worker": 1, "accelerator_type": None,
-            "schedule": sched, "data": data,
+            "schedule": sched, "data": data, "link_overhead_ms": overhead,
             "powersgd": powersgd, "localsgd": localsgd, "trial_id": trial_id}))
     return list(out.values())
 
@@ -334,7 +367,14 @@ def load(name_or_path: str) -> SweepSpec:
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of fields, got "
                           f"{'an empty file' if raw is None else type(raw).__name__}")
-    return parse(raw, source=str(path))
+    spec = parse(raw, source=str(path))
+    if spec.network.profile is None:
+        return spec
+    # a relative profile path is relative to the sweep file; checked now, before Ray starts
+    where = (path.parent / spec.network.profile).resolve()
+    spec = spec.model_copy(update={"network": spec.network.model_copy(update={"profile": str(where)})})
+    _profile(spec, str(path))
+    return spec
 
 
 def parse(raw: dict[str, Any], source: str = "<sweep>") -> SweepSpec:
