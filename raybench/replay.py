@@ -91,7 +91,9 @@ def steps(table: pa.Table) -> Steps:
 @dataclass(frozen=True)
 class StepTimes:
     """Per step (slowest rank's): its duration, the time it waited on communication after its last
-    bucket was handed over (as ``comm_seconds`` counts it), the modelled link time and the hold."""
+    bucket was handed over (as ``comm_seconds`` counts it), the modelled link time and the hold (the
+    time during which some finished collective was held back: on one wire, the modelled time of the
+    gradient collectives, plus what parameter averaging's modelled time adds to its real one)."""
 
     seconds: np.ndarray
     comm: np.ndarray
@@ -110,12 +112,8 @@ def step_times(s: Steps, link: Link, workers: int, traced_link: Link, traced_wor
     modelled = link_seconds(s.collectives, s.nbytes, workers, link)  # (S, R, B)
     present = ~np.isnan(s.handover)
     wire = np.zeros(s.backward.shape)
-    hold = np.zeros(s.backward.shape)
     for b in range(s.handover.shape[2]):  # buckets queue on each rank's wire, in hand-over order
-        real = s.real_done[:, :, b]
-        start = np.maximum(wire, real)
-        released = start + modelled[:, :, b]
-        hold = np.where(present[:, :, b], hold + released - real, hold)
+        released = np.maximum(wire, s.real_done[:, :, b]) + modelled[:, :, b]
         wire = np.where(present[:, :, b], released, wire)
     any_bucket = present.any(axis=2)
     traced_last = np.where(any_bucket, np.nanmax(np.where(present, s.release, -np.inf), axis=2), 0.0)
@@ -127,7 +125,8 @@ def step_times(s: Steps, link: Link, workers: int, traced_link: Link, traced_wor
     seconds = backward + np.maximum(after, 0.0) + averaging
     comm = np.where(any_bucket, np.maximum(wire - last_handover, 0.0), 0.0) + averaging
     link_time = modelled.sum(axis=2) + link_seconds(s.avg_collectives, s.avg_nbytes, workers, link)
-    hold = hold + np.maximum(averaging - s.avg_real, 0.0)
+    # one wire: some collective is held at every instant of every modelled transfer
+    hold = modelled.sum(axis=2) + np.maximum(averaging - s.avg_real, 0.0)
     slowest = seconds.argmax(axis=1)
     pick = np.arange(len(seconds))
     return StepTimes(seconds[pick, slowest], comm.max(axis=1), link_time.max(axis=1), hold.max(axis=1))

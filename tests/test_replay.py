@@ -50,7 +50,7 @@ def test_replay_charges_each_bucket_from_its_real_end_on_one_wire():
     t = replay.step_times(s, SLOW, 2, Link(), 2)
     assert t.seconds.tolist() == pytest.approx([0.35])
     assert t.modelled.tolist() == pytest.approx([0.15])
-    assert t.hold.tolist() == pytest.approx([0.15])
+    assert t.hold.tolist() == pytest.approx([0.15])  # one wire: held during both transfers
     assert t.comm.tolist() == pytest.approx([0.12])  # rank 1: last release 0.30, last hand-over 0.18
 
 
@@ -102,7 +102,9 @@ def test_a_trace_travels_as_text_and_a_later_attempt_replaces_its_epochs():
 
 # ---------------------------------------------------------------- replay against live runs
 
-LINKS = {"unlimited": ("unlimited", 0), "bandwidth": (10, 0), "latency": ("unlimited", 200)}
+# Links on which the link time dominates a step (about 1.7 s and 1.6 s against about 0.5 s of
+# compute on an idle core), so that run-to-run compute noise stays well inside the 10%.
+LINKS = {"unlimited": ("unlimited", 0), "bandwidth": (5, 0), "latency": ("unlimited", 400)}
 
 
 def _trial(bw, lat) -> cfg.TrialSpec:
@@ -131,13 +133,14 @@ def test_the_live_hook_holds_each_bucket_its_modelled_time_after_its_real_collec
     link = Link(t.bandwidth_mbps, t.latency_ms)
     for rec in table.to_pylist():
         assert rec["release"] and rec["end"] >= rec["backward"] >= max(rec["release"])
-        wire = 0.0
-        for done, rel, n in zip(rec["real_done"], rec["release"], rec["nbytes"], strict=True):
-            modelled = 2 * (2 - 1) / 2 * n * 8 / (link.bandwidth_mbps * 1e6)
-            assert rel - max(wire, done) >= modelled - 1e-6  # never released before its modelled end
-            wire = rel
-    for row in rows:
-        assert row["simulated_hold_seconds"] >= 0.9 * row["simulated_delay_seconds"] > 0
+        modelled = [2 * (2 - 1) / 2 * n * 8 / (link.bandwidth_mbps * 1e6) for n in rec["nbytes"]]
+        for done, rel, m in zip(rec["real_done"], rec["release"], modelled, strict=True):
+            assert rel - done >= m - 1e-6  # the transfer starts when the real collective has ended
+        # one wire: the last bucket is released no sooner than all transfers after the first one's end
+        assert rec["release"][-1] - rec["real_done"][0] >= sum(modelled) - 1e-6
+    for row in rows:  # one wire: some collective is held during every modelled transfer, and no longer
+        assert row["simulated_delay_seconds"] > 0
+        assert row["simulated_hold_seconds"] == pytest.approx(row["simulated_delay_seconds"], rel=0.05)
 
 
 @pytest.mark.parametrize("target", ["bandwidth", "latency"])
@@ -166,12 +169,12 @@ def _results_folder(folder: Path, live, names) -> Path:
 def test_predict_writes_every_link_of_the_grid_as_predicted_rows(live, tmp_path):
     folder = _results_folder(tmp_path / "sweep", live, ["unlimited"])
     out = tmp_path / "predicted"
-    proc = subprocess.run([sys.executable, "-m", "raybench.predict", str(folder), "--bandwidth-mbps", "10,unlimited",
-                           "--latency-ms", "0", "200", "--out", str(out)], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, "-m", "raybench.predict", str(folder), "--bandwidth-mbps", "5,unlimited",
+                           "--latency-ms", "0", "400", "--out", str(out)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     rows = results.read_results(out)
     assert sorted(rows.trial_id.unique()) == sorted(
-        f"resnet20v1_w2_cpu_bw{bw}_lat{lat}_allreduce_s0_pred" for bw in ("10", "inf") for lat in ("0", "200"))
+        f"resnet20v1_w2_cpu_bw{bw}_lat{lat}_allreduce_s0_pred" for bw in ("5", "inf") for lat in ("0", "400"))
     assert set(rows.source) == {"predicted"} and set(rows.predicted_from) == {live["unlimited"][0].trial_id}
     base = pd.DataFrame(live["unlimited"][1])
     for _, group in rows.groupby("trial_id"):  # accuracy is the measured run's, times are replayed
@@ -192,12 +195,12 @@ def test_validate_reports_the_error_of_every_checkable_prediction(live, tmp_path
 
 def test_the_report_prints_the_error_where_a_grid_point_is_predicted_and_measured(live, tmp_path):
     folder = _results_folder(tmp_path / "sweep", live, list(LINKS))
-    proc = subprocess.run([sys.executable, "-m", "raybench.predict", str(folder), "--bandwidth-mbps", "10",
+    proc = subprocess.run([sys.executable, "-m", "raybench.predict", str(folder), "--bandwidth-mbps", "5",
                            "--latency-ms", "0", "--out", str(folder)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     report = subprocess.run([sys.executable, "-m", "raybench.report", str(folder), "--out", str(tmp_path / "rep")],
                             capture_output=True, text=True, timeout=300)
     assert report.returncode == 0, report.stderr
     section = report.stdout.split("Prediction error", 1)[1]
-    assert section.count("resnet20v1_w2_cpu_bw10_lat0_allreduce_s0") == 2  # one line per epoch
+    assert section.count("resnet20v1_w2_cpu_bw5_lat0_allreduce_s0") == 2  # one line per epoch
     assert "note: prediction error: worst" in report.stdout

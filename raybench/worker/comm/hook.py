@@ -183,7 +183,6 @@ class LinkHook:
     def _released(self, record: list, t: float) -> None:
         with self._lock:
             record[2] = t
-            self._stats.simulated_hold_seconds += t - record[1]
             self._done.append(t)
 
     def _ensure_wire(self) -> _Wire:
@@ -209,12 +208,11 @@ class LinkHook:
 
     def begin_step(self) -> None:
         """A training step starts (before its data and forward): closes the previous step's record."""
-        if not self.recording:
-            return
         now = time.perf_counter()
         with self._lock:
             self._close_record(now)
-            self._step_start = now
+            self._buckets = []
+            self._step_start = now if self.recording else None
 
     def end_backward(self) -> None:
         """``backward()`` has returned: every bucket of the step is released."""
@@ -242,6 +240,10 @@ class LinkHook:
                 last_ready = max(self._ready)
                 self._stats.comm_seconds += max(0.0, max(self._done) - last_ready)
                 self._stats.steps += 1
+            released = float("-inf")  # the hold: time during which some finished collective was held back
+            for _, done, release, _, _ in sorted(self._buckets, key=lambda r: r[2]):
+                self._stats.simulated_hold_seconds += max(0.0, release - max(done, released))
+                released = release
             self._ready.clear()
             self._done.clear()
 
