@@ -2,16 +2,18 @@
 
 Plain torch.distributed (no Ray): every rank calls the same function with the same arguments.
 
-* ``allreduce_times``: per message size, one untimed all-reduce, then ``repeats`` all-reduces back to
-  back, each timed on its own. Ranks run a synchronous ring in lockstep, so after the untimed one
-  the duration of each timed op on a rank is the period of the ring (no start skew between ranks
-  is in it, unlike a barrier before each op, which releases the ranks one latency apart).
+* ``allreduce_times``: first one untimed all-reduce of the largest size (TCP's windows open as in a
+  training run's steady state, not size by size); then per message size one untimed all-reduce
+  and ``repeats`` all-reduces back to back, each timed on its own. Ranks run a synchronous ring in
+  lockstep, so after the untimed one the duration of each timed op on a rank is the period of the
+  ring (no start skew between ranks is in it, unlike a barrier before each op, which releases the
+  ranks one latency apart).
 * ``bucket_times``: ``count`` all-reduces of ``nbytes`` each issued back to back with
   ``async_op=True``, as DDP issues its gradient buckets, then all waited for: the time of the
   whole batch. Against ``count`` single all-reduces it shows whether concurrent buckets cost
   extra (or overlap their latencies).
 
-Both return every rank's own samples; the caller takes medians and fits (``worker.comm.fit``).
+Both return every rank's own samples; the caller takes the minimum or median and fits (``worker.comm.fit``).
 """
 from __future__ import annotations
 
@@ -29,6 +31,8 @@ def _buffer(nbytes: int) -> torch.Tensor:
 def allreduce_times(sizes: Sequence[int], repeats: int) -> dict[int, list[float]]:
     """Seconds of each of ``repeats`` back-to-back all-reduces per size in bytes (this rank's clock)."""
     out: dict[int, list[float]] = {}
+    if sizes:  # the largest first, untimed: TCP's windows grow to what a training run's steady state has
+        dist.all_reduce(_buffer(max(sizes)))
     for nbytes in sizes:
         t = _buffer(nbytes)
         dist.all_reduce(t)  # untimed: buffers allocated, ranks in lockstep
