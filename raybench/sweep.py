@@ -1,18 +1,20 @@
 """``python -m raybench.sweep NAME_OR_PATH``: validate a sweep, then run every trial on Ray.
 
 Everything that can be wrong with the input is checked before Ray starts (exit code 2, one
-message naming the file or flag, the value and what is allowed); results go to
+message naming the file or flag, the value and what is allowed), and without importing torch or
+ray, so ``--dry-run`` and every bad-input error answer at once; results go to
 ``<results>/<sweep name>/``, one Parquet file per trial.
 """
 from __future__ import annotations
 
 import argparse
+import ctypes
 import math
 import os
 import socket
 import sys
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -45,6 +47,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--concurrency", type=int, default=1, metavar="N",
                    help="run at most N trials at once (default 1: timings never share hardware; above 1 the "
                         "sweep warns that they do)")
+    p.add_argument("--replay", action="store_true",
+                   help="train each configuration once, at the first link of the network grid, and fill the "
+                        "grid's other links by replaying its step trace (rows marked source=predicted)")
+    p.add_argument("--verbose", action="store_true",
+                   help="also show Ray's logs (Ray Train's per-report lines, Tune's INFO lines); by default the "
+                        "console shows one line per epoch per trial")
     return p.parse_args(argv)
 
 
@@ -58,6 +66,7 @@ class Plan:
     sweep_dir: str | Path  # a local folder or a URI (s3://, gs://)
     data_root: Path
     local_data: bool
+    replayed: dict[str, list[cfg.TrialSpec]] = field(default_factory=dict)  # --replay: trained id -> grid points
 
 
 def _check_results(results_dir: Path) -> None:
@@ -135,6 +144,11 @@ def plan(args: argparse.Namespace) -> Plan:
     trials = cfg.expand(spec)
     if args.smoke:
         trials = cfg.smoke(trials)
+    replayed = {}
+    if args.replay:
+        from raybench.analysis import prediction  # numpy and pyarrow, no torch
+
+        trials, replayed = prediction.replay_plan(trials)
     if args.max_failures < 0:
         raise cfg.ConfigError(f"--max-failures {args.max_failures}: must be 0 or more")
     if args.max_trials < 1:
@@ -160,21 +174,39 @@ def plan(args: argparse.Namespace) -> Plan:
         raise cfg.ConfigError(f"--resume: nothing to resume in {sweep_dir} (no trial files there)")
     root, local = cifar.data_root(args.data)
     if local:
-        cifar.load(root)  # checks files, shapes and labels now rather than in every worker
+        cifar.verify(root)  # checks files, shapes and labels now rather than in every worker
     elif not args.dry_run:
         cifar.download_official(root)  # md5-checked; before Ray, so a bad download starts nothing
     if args.address:
         _check_address(args.address)
     else:
         check_fits(trials, local_capacity(), "this machine")
-    return Plan(spec, trials, done, sweep_dir, root, local)
+    return Plan(spec, trials, done, sweep_dir, root, local, replayed)
 
 
 def local_capacity() -> list[dict[str, float]]:
     """What a local in-process Ray will have, known before it starts: one node."""
-    import torch
+    return [{"CPU": float(os.cpu_count() or 1), "GPU": float(local_gpus())}]
 
-    return [{"CPU": float(os.cpu_count() or 1), "GPU": float(torch.cuda.device_count())}]
+
+def local_gpus() -> int:
+    """The GPUs a local Ray counts, the way Ray 2.60 counts them (NVML's device count, at most as
+    many as CUDA_VISIBLE_DEVICES names), through the NVML library itself: no torch, no ray."""
+    try:
+        nvml = ctypes.CDLL("libnvidia-ml.so.1")
+        count = ctypes.c_uint(0)
+        if nvml.nvmlInit_v2() != 0:
+            return 0
+        try:
+            found = count.value if nvml.nvmlDeviceGetCount_v2(ctypes.byref(count)) == 0 else 0
+        finally:
+            nvml.nvmlShutdown()
+    except (OSError, AttributeError):  # no NVIDIA driver on this machine
+        return 0
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        found = min(found, 0 if visible in ("", "NoDevFiles") else len(visible.split(",")))
+    return found
 
 
 def trial_table(trials: list[cfg.TrialSpec]) -> str:
@@ -227,6 +259,12 @@ def check_fits(trials: list[cfg.TrialSpec], nodes: list[dict[str, float]], where
                 f"{held} such bundles at once. Use fewer workers or smaller bundles, or add nodes")
 
 
+def watch_lines(dashboard: list[str], tensorboard_dir: str) -> list[str]:
+    """The three ways to watch a sweep: this console, the dashboard, TensorBoard."""
+    return ["watch: one line per epoch per trial below (--verbose adds Ray's logs)", *dashboard,
+            f"tensorboard: tensorboard --logdir {tensorboard_dir}  (pip install tensorboard; one run per trial)"]
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
@@ -237,6 +275,10 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"sweep {p.spec.name}: {len(p.trials)} trial(s)")
     print(trial_table(p.trials))
+    if p.replayed:
+        points = [(t.trial_id, trained) for trained, pts in p.replayed.items() for t in pts]
+        print(f"--replay: {len(points)} more grid point(s) filled by replaying a trained trial's trace:")
+        print("\n".join(f"  {point}  <- replay of {trained}" for point, trained in points))
     if args.concurrency > 1:
         print(f"warning: --concurrency {args.concurrency}: up to {args.concurrency} trials run at once and share "
               "the hardware (and the cluster's network), so their timings are not isolated; use --concurrency 1 "
@@ -245,6 +287,8 @@ def main(argv: list[str] | None = None) -> int:
     if p.done:
         print(f"{len(p.done)} trial(s) already complete in {p.sweep_dir}/, not run again")
     if (args.dry_run and not args.address) or not todo:
+        if not args.dry_run:
+            _replay(p, datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:6])
         return 0
 
     from raybench.driver import session, tune  # imports Ray: only once the input is known to be good
@@ -264,14 +308,16 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:6]
-    started = session.init_ray(args.address)
+    started = session.init_ray(args.address, verbose=args.verbose)
     grid = None
     try:
         if args.address:
             check_fits(todo, session.cluster_capacity(), f"the cluster at {args.address}")
+        print("\n".join(watch_lines(session.dashboard_lines(args.address), tune.tensorboard_dir(p.sweep_dir))),
+              flush=True)
         grid = tune.run_sweep(todo, p.sweep_dir, str(p.data_root) if p.local_data else None,
                                 cifar.dataset_label(p.data_root, p.local_data), run_id,
-                                args.max_failures, args.concurrency)
+                                args.max_failures, args.concurrency, args.verbose)
     except cfg.ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -282,6 +328,7 @@ def main(argv: list[str] | None = None) -> int:
             import ray
 
             ray.shutdown()
+    _replay(p, run_id)
     failed = [r for r in grid if r.error] if grid is not None else []
     for r in failed:
         print(f"trial {r.config['trial']['trial_id']} failed: {r.error}", file=sys.stderr)
@@ -292,6 +339,20 @@ def main(argv: list[str] | None = None) -> int:
               "and unfinished ones continue from their last checkpoint", file=sys.stderr)
         return EXIT_INTERRUPTED
     return 1 if failed else 0
+
+
+def _replay(p: Plan, run_id: str) -> None:
+    """--replay: the grid points of trained trials that completed, written as predicted trials."""
+    if not any(p.replayed.values()):
+        return
+    from raybench.analysis import prediction
+
+    written, notes = prediction.fill_grid(p.sweep_dir, p.replayed, run_id)
+    for note in notes:
+        print(f"--replay: not replayed: {note}", file=sys.stderr)
+    total = sum(len(v) for v in p.replayed.values())
+    print(f"--replay: {written} of {total} grid point(s) written as predicted trials (trial id + "
+          f"'{prediction.PREDICTED_SUFFIX}', source=predicted)")
 
 
 if __name__ == "__main__":
