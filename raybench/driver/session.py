@@ -1,5 +1,11 @@
-"""Starting or joining Ray, and what the cluster holds."""
+"""Starting or joining Ray, what the cluster holds, and how to watch it (dashboard and token)."""
 from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sys
+from pathlib import Path
 
 import ray
 
@@ -9,17 +15,42 @@ import ray
 # resources still queues, and the wait shows in the log every minute instead of being hidden. A
 # bundle that fits no node is rejected before the sweep starts (sweep.check_fits).
 JOB_ENV: dict[str, str] = {}
+VERBOSE_ENV = "RAYBENCH_RAY_LOGS"  # "1" in the job's processes under --verbose: worker_setup keeps Ray's INFO logs
+# Ray Train 2.60 logs "Reporting training result N: TrainingReport(... metrics={'raybench_row': ...})" at INFO
+# once per report and rank, through a logger named by its file's path (logging.getLogger(__file__)), so
+# neither Train's LoggingConfig (which filters "ray.train.*") nor the "ray" logger reaches it.
+TRAIN_REPORT_LOGGER = ("train", "v2", "_internal", "execution", "context.py")
 
 
-def init_ray(address: str | None, num_cpus: int | None = None) -> bool:
+def worker_setup() -> None:
+    """Runs first in every Ray worker process of the sweep's job (runtime_env's worker_process_setup_hook).
+
+    Pins RAY_ADDRESS to this cluster (Train's PlacementGroupCleaner looks the cluster up by address and,
+    where several Ray clusters run on one machine, otherwise dies with a traceback on the console) and,
+    unless --verbose, raises Train's per-report logger (TRAIN_REPORT_LOGGER) to WARNING. Never raises:
+    a failing hook would make Ray end the worker.
+    """
+    try:
+        if not os.environ.get("RAY_ADDRESS"):
+            os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
+        if os.environ.get(VERBOSE_ENV) != "1":
+            logging.getLogger(str(Path(ray.__file__).parent.joinpath(*TRAIN_REPORT_LOGGER))).setLevel(logging.WARNING)
+    except Exception:  # noqa: BLE001 - only the console's tidiness is at stake
+        pass
+
+
+def init_ray(address: str | None, num_cpus: int | None = None, verbose: bool = True) -> bool:
     """Join ``address`` or start a local Ray in-process, its dashboard and ports on 127.0.0.1.
 
     Returns whether this call started (and so should shut down) the Ray session; an already
-    initialised session (a notebook, a test module) is used as it is.
+    initialised session (a notebook, a test module) is used as it is. Ray's own start-up lines
+    (started or joined, and where) are always logged; with ``verbose`` false the driver's ``ray``
+    loggers then keep only warnings and errors (Tune's INFO lines, for one).
     """
     if ray.is_initialized():
         return False
-    runtime_env = {"env_vars": JOB_ENV}
+    runtime_env = {"env_vars": JOB_ENV | {VERBOSE_ENV: "1" if verbose else "0"},
+                   "worker_process_setup_hook": f"{__name__}.{worker_setup.__name__}"}
     if address:
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
     else:
@@ -28,6 +59,8 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> bool:
         # this machine's token (~/.ray/auth_token). tests/test_e2e.py checks both.
         ray.init(num_cpus=num_cpus, runtime_env=runtime_env, dashboard_host="127.0.0.1",
                  _node_ip_address="127.0.0.1", include_dashboard=None)
+    if not verbose:
+        logging.getLogger("ray").setLevel(logging.WARNING)
     return True
 
 
@@ -36,3 +69,49 @@ def cluster_capacity() -> list[dict[str, float]]:
     return [{"CPU": n["Resources"].get("CPU", 0.0), "GPU": n["Resources"].get("GPU", 0.0)}
             for n in ray.nodes() if n.get("Alive")]
 
+
+def dashboard_url() -> str | None:
+    """The dashboard of the Ray this process is connected to, as http://HOST:PORT; None without one."""
+    try:
+        from ray._private.worker import get_dashboard_url
+
+        url = get_dashboard_url()  # what ray.init's own message shows
+    except Exception:  # noqa: BLE001 - not connected, or an internal API that moved
+        return None
+    if not url:
+        return None
+    return url if "://" in url else f"http://{url}"
+
+
+def token_auth_enabled() -> bool:
+    """Whether this Ray asks for a token (token authentication, the default of a new local Ray in 2.60)."""
+    try:
+        from ray._private.authentication.authentication_utils import is_token_auth_enabled
+
+        return bool(is_token_auth_enabled())
+    except Exception:  # noqa: BLE001 - an internal API that moved: say how to get a token anyway
+        return True
+
+
+def ray_cli() -> str:
+    """The ``ray`` command of this environment (beside this Python when it is not on PATH)."""
+    beside = Path(sys.executable).parent / "ray"
+    return "ray" if shutil.which("ray") or not beside.is_file() else str(beside)
+
+
+TOKEN_COMMAND = "get-auth-token"  # `ray get-auth-token`: prints the token this machine's Ray uses
+
+
+def dashboard_lines(address: str | None) -> list[str]:
+    """How to open the dashboard: its address and, where Ray wants one, how to get the token."""
+    url = dashboard_url()
+    if url is None:
+        return ["dashboard: not running (it needs ray[default])"]
+    port = url.rsplit(":", 1)[-1]
+    where = f" (on this machine; from another: ssh -L {port}:127.0.0.1:{port} THIS_HOST)" if not address else ""
+    lines = [f"dashboard: {url}{where}"]
+    if token_auth_enabled():
+        on = "here" if not address else "here (the token this sweep joined with) or on the head node"
+        lines.append(f"  it asks for a token: run `{ray_cli()} {TOKEN_COMMAND}` {on} and paste what it prints "
+                     "(API clients: header 'Authorization: Bearer TOKEN')")
+    return lines

@@ -6,18 +6,25 @@ workers take the real resources in one placement group. Tune runs at most ``conc
 once (default 1, so timings never share hardware). Above 1, a trial whose workers do not fit beside
 the running ones waits: Train's worker group start times out after a minute and Train reschedules it
 (a retryable controller error, retried without limit by default), so it queues and says so in the log.
+
+The console (``console.Progress``) prints one line per epoch per trial; Tune's status table is off and
+Ray Train's INFO logs are held back (Train's own ``LoggingConfig``, and ``session.worker_setup`` for its
+"Reporting training result ... TrainingReport(...)" line per report and rank, which carries the whole
+row); ``verbose`` brings them back.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 from ray import tune
-from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from raybench import results
+from raybench.driver.console import Progress
 from raybench.driver.train import train_worker
 from raybench.driver.writer import ParquetWriter
 from raybench.spec.config import TrialSpec
@@ -26,6 +33,8 @@ from raybench.spec.config import TrialSpec
 # whose workers take every CPU still fits (Ray refuses an all-zero bundle).
 TRAINABLE_RESOURCES = tune.PlacementGroupFactory([{"CPU": 0, "memory": 64 * 2**20}])
 RAY_DIR = "_ray"  # Ray's run state under results/<sweep>/; "_" keeps it out of the Parquet dataset
+NEW_OUTPUT_ENV = "RAY_AIR_NEW_OUTPUT"
+TUNE_DIR = "tune"  # Tune's experiment under RAY_DIR: its state and, per trial, TensorBoard event files
 
 
 def resources_per_worker(trial: TrialSpec) -> dict[str, float]:
@@ -58,28 +67,56 @@ def run_trial(config: dict[str, Any]) -> None:
             callbacks=[TuneReportCallback()],
             failure_config=FailureConfig(max_failures=config.get("max_failures", 0)),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
+            # the controller's and workers' ray.train INFO lines (one per report and rank) only with --verbose
+            logging_config=LoggingConfig(log_level="INFO" if config.get("verbose") else "WARNING"),
         ),
     )
     trainer.fit()
 
 
-def run_sweep(trials: list[TrialSpec], sweep_dir: str | Path, data: str | None, dataset: str, run_id: str,
-              max_failures: int = 0, concurrency: int = 1) -> tune.ResultGrid:
-    """Run every trial under Tune (Ray must be initialised, see ``session.init_ray``), at most
-    ``concurrency`` at once, and return Tune's result grid."""
-    storage = str(results.join(sweep_dir, RAY_DIR)) if results.is_uri(sweep_dir) else str(
+def storage_path(sweep_dir: str | Path) -> str:
+    """Where Ray keeps the sweep's run state: ``<sweep_dir>/_ray`` (absolute, or a URI)."""
+    return str(results.join(sweep_dir, RAY_DIR)) if results.is_uri(sweep_dir) else str(
         (Path(sweep_dir) / RAY_DIR).resolve())
+
+
+def tensorboard_dir(sweep_dir: str | Path) -> str:
+    """The folder whose trial subfolders hold Tune's TensorBoard event files (the rb_epoch,
+    rb_test_top1 and rb_train_seconds of every result), copied there from the driver every ~10 s."""
+    return f"{storage_path(sweep_dir)}/{TUNE_DIR}"
+
+
+def run_sweep(trials: list[TrialSpec], sweep_dir: str | Path, data: str | None, dataset: str, run_id: str,
+              max_failures: int = 0, concurrency: int = 1, verbose: bool = False) -> tune.ResultGrid:
+    """Run every trial under Tune (Ray must be initialised, see ``session.init_ray``), at most
+    ``concurrency`` at once, and return Tune's result grid. The console gets one line per epoch
+    per trial; ``verbose`` also lets Ray Train's INFO logs through."""
+    storage = storage_path(sweep_dir)
     param_space = {
         "trial": tune.grid_search([t.model_dump(mode="json") for t in trials]),
         "data": data, "run_id": run_id, "storage_path": storage, "max_failures": max_failures,
+        "verbose": verbose,
     }
+    # Tune's status table is off: its "Logical resource usage" counts the trainables' reservations only
+    # (no CPU), not the workers' placement groups, so it said 0 CPUs while every CPU trained; console.Progress
+    # prints what to read instead. Its newer output engine prints an experiment header even at verbose=0,
+    # the older one (RAY_AIR_NEW_OUTPUT=0) prints nothing at verbose=0.
+    before = os.environ.get(NEW_OUTPUT_ENV)
+    os.environ[NEW_OUTPUT_ENV] = "0"
     tuner = tune.Tuner(
         tune.with_resources(run_trial, TRAINABLE_RESOURCES),
         param_space=param_space,
         tune_config=tune.TuneConfig(num_samples=1, max_concurrent_trials=concurrency,
                                     trial_name_creator=lambda t: t.config["trial"]["trial_id"],
                                     trial_dirname_creator=lambda t: t.config["trial"]["trial_id"]),
-        run_config=tune.RunConfig(name="tune", storage_path=storage,
-                                  callbacks=[ParquetWriter(sweep_dir, dataset, concurrency)], verbose=1),
+        run_config=tune.RunConfig(name=TUNE_DIR, storage_path=storage, verbose=0,
+                                  callbacks=[ParquetWriter(sweep_dir, dataset, concurrency),
+                                             Progress([t.trial_id for t in trials])]),
     )
-    return tuner.fit()
+    try:
+        return tuner.fit()
+    finally:
+        if before is None:
+            os.environ.pop(NEW_OUTPUT_ENV, None)
+        else:
+            os.environ[NEW_OUTPUT_ENV] = before

@@ -3,6 +3,9 @@
 Images stay uint8 (N, 3, 32, 32) in memory, on the device that trains; each batch is augmented
 (4-pixel zero pad + random 32x32 crop + horizontal flip) and normalised as one tensor op, so
 loading does not limit a step (``bench/overhead.py`` measures it).
+
+torch and numpy are imported where an array is made, not at module level: the sweep CLI checks a
+local copy (``verify``) and labels it without torch, so ``--dry-run`` and bad-input errors answer fast.
 """
 from __future__ import annotations
 
@@ -12,9 +15,11 @@ import pickle
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-import torch
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
 
 BATCHES = "cifar-10-batches-py"
 TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
@@ -71,6 +76,8 @@ class _ArraysOnly(pickle.Unpickler):
 
 
 def _read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    import numpy as np
+
     if not path.is_file():
         raise DataError(f"{path}: missing (a CIFAR-10 python batch file is expected here)")
     try:
@@ -90,6 +97,9 @@ def _read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _read_split(folder: Path, files: tuple[str, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    import numpy as np
+    import torch
+
     parts = [_read_batch(folder / name) for name in files]
     x = torch.from_numpy(np.concatenate([p[0] for p in parts]))
     y = torch.from_numpy(np.concatenate([p[1] for p in parts]))
@@ -121,6 +131,14 @@ def check_local(root: Path) -> None:
         raise DataError(f"{_source(root)}: {BATCHES}/ lacks {', '.join(missing)}")
 
 
+def verify(root: Path) -> None:
+    """Every check ``load`` makes of a local copy (files, shapes, dtypes, labels), one file at a
+    time and without torch: what the sweep CLI runs before Ray starts."""
+    check_local(root)
+    for name in TRAIN_FILES + TEST_FILES:
+        _read_batch(root / BATCHES / name)
+
+
 def _md5(path: Path) -> str:
     digest = hashlib.md5(usedforsecurity=False)
     with open(path, "rb") as f:
@@ -147,23 +165,22 @@ DOWNLOAD_TIMEOUT_S = 60  # per network operation; torchvision's urlopen has none
 
 
 def download_official(root: Path = DEFAULT_CACHE) -> None:
-    """The official python archive through torchvision, which checks its md5 sums."""
+    """The official python archive through torchvision, which checks its md5 sums. A complete cache
+    is checked against ``OFFICIAL_MD5`` (torchvision's sums) without importing torchvision."""
     import socket
 
     from filelock import FileLock, Timeout
-    from torchvision.datasets import CIFAR10
-    from torchvision.datasets.utils import check_integrity
 
     hint = f"with no network, pass --data DIR (or set {ENV_VAR}) to a folder holding {BATCHES}/"
     folder = root / BATCHES
-    cached = [folder / name for name, _ in CIFAR10.train_list + CIFAR10.test_list]
-    if all(p.is_file() for p in cached):
-        bad = [p.name for (name, md5), p in zip(CIFAR10.train_list + CIFAR10.test_list, cached, strict=True)
-               if not check_integrity(str(p), md5)]
+    if all((folder / name).is_file() for name in OFFICIAL_MD5):
+        bad = [name for name, md5 in OFFICIAL_MD5.items() if _md5(folder / name) != md5]
         if not bad:
             return
         raise DataError(f"{folder}: {', '.join(bad)} failed the official md5 check; delete {folder} to download "
                         f"it again, or, for a copy that is not the official release, {hint}")
+    from torchvision.datasets import CIFAR10
+
     root.mkdir(parents=True, exist_ok=True)
     previous = socket.getdefaulttimeout()
     socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
@@ -201,6 +218,8 @@ def shard_indices(n: int, rank: int, world: int, seed: int, epoch: int) -> torch
     index; the tail that would leave ranks unequal is dropped, so all ranks take the same number
     of steps, as DDP requires.
     """
+    import torch
+
     g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     perm = torch.randperm(n, generator=g)
     per_rank = n // world
@@ -209,6 +228,8 @@ def shard_indices(n: int, rank: int, world: int, seed: int, epoch: int) -> torch
 
 def augment(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """Random crop of the 4-pixel zero-padded image and random horizontal flip, for a uint8 batch."""
+    import torch
+
     b = x.shape[0]
     padded = torch.nn.functional.pad(x, (4, 4, 4, 4))
     dev = x.device
@@ -223,8 +244,11 @@ def augment(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.
                   rows, cols]
 
 
-def normalize(x: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """uint8 images to float, standardised with the CIFAR-10 mean and std."""
+def normalize(x: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """uint8 images to float (``dtype``, default float32), standardised with the CIFAR-10 mean and std."""
+    import torch
+
+    dtype = torch.float32 if dtype is None else dtype
     mean = torch.tensor(MEAN, device=x.device, dtype=dtype).view(1, 3, 1, 1) * 255
     std = torch.tensor(STD, device=x.device, dtype=dtype).view(1, 3, 1, 1) * 255
     return (x.to(dtype) - mean) / std
