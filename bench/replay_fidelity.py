@@ -1,4 +1,4 @@
-"""Replay fidelity: does replaying one unlimited-link run predict the simulated and the really shaped link? (by hand; root)
+"""Replay fidelity: replaying one unlimited-link run against the live simulated and the shaped link (by hand; root)
 
 For each algorithm (allreduce over the whole grid; fp16 and PowerSGD at 100 Mbit/s, 0 ms):
 

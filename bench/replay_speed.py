@@ -67,7 +67,8 @@ def replay_speed(epoch: pa.Table, links: int) -> None:
     for e in range(1, 165):
         for r in (0, 1):
             t = base.set_column(0, "epoch", pa.array([e] * base.num_rows, pa.int32()))
-            epochs.append(t.set_column(t.schema.get_field_index("rank"), "rank", pa.array([r] * t.num_rows, pa.int32())))
+            rank = pa.array([r] * t.num_rows, pa.int32())
+            epochs.append(t.set_column(t.schema.get_field_index("rank"), "rank", rank))
     table = pa.concat_tables(epochs)
     t0 = time.perf_counter()
     s = replay.steps(table)

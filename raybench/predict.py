@@ -16,11 +16,10 @@ from __future__ import annotations
 import argparse
 import sys
 import uuid
-from pathlib import Path
 
 from raybench import results
 from raybench.analysis import prediction
-from raybench.spec import yamlfile
+from raybench.spec import profile
 from raybench.worker.comm.link import Link
 
 EXIT_BAD_INPUT = 2
@@ -43,38 +42,25 @@ def _number(field: str, text: str, allow_unlimited: bool = False) -> float | Non
     return v
 
 
-def _profile(path: str) -> dict[str, float]:
-    try:
-        data = yamlfile.read(Path(path).read_text())
-    except OSError as e:
-        raise ValueError(f"--profile {path!r}: cannot be read ({e.strerror})") from None
-    except Exception as e:  # noqa: BLE001 - a YAML error: say which file
-        raise ValueError(f"--profile {path!r}: not a YAML link profile ({e})") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"--profile {path!r}: not a mapping with bandwidth_mbps, latency_ms, overhead_ms")
-    out = {}
-    for key in ("bandwidth_mbps", "latency_ms", "overhead_ms"):
-        v = data.get(key, 0.0 if key == "overhead_ms" else None)
-        if key == "bandwidth_mbps" and v is None:
-            out[key] = None
-            continue
-        if isinstance(v, bool) or not isinstance(v, int | float) or v < 0:
-            raise ValueError(f"--profile {path!r}: field {key!r} is {v!r}; allowed: a number >= 0")
-        out[key] = float(v)
-    return out
-
-
-def links(args: argparse.Namespace) -> list[Link]:
-    """The grid of links the arguments name."""
-    prof = _profile(args.profile) if args.profile else None
+def links(args: argparse.Namespace) -> list[tuple[float | None, float]]:
+    """The grid of (bandwidth, latency) the arguments name (a profile's own when they name none)."""
+    prof = profile.read_profile(args.profile) if args.profile else None
     bws = [_number("bandwidth-mbps", t, True) for t in _items(args.bandwidth_mbps)]
     lats = [_number("latency-ms", t) for t in _items(args.latency_ms)]
     if prof is not None:
-        bws, lats = bws or [prof["bandwidth_mbps"]], lats or [prof["latency_ms"]]
+        bws, lats = bws or [prof.bandwidth_mbps], lats or [prof.latency_ms]
     if not bws or not lats:
         raise ValueError("give --bandwidth-mbps and --latency-ms (or --profile), or --validate")
-    overhead = prof["overhead_ms"] if prof else 0.0
-    return [Link(b, lat, overhead) for b in bws for lat in lats]
+    return [(b, lat) for b in bws for lat in lats]
+
+
+def link_at(args: argparse.Namespace, bandwidth: float | None, latency: float, workers: int) -> Link:
+    """The link at ``workers``: a profile's fixed cost per collective (its overhead and gloo's
+    handshake trips, which grow with the workers) on the grid's bandwidth and latency."""
+    if not args.profile:
+        return Link(bandwidth, latency)
+    prof = profile.read_profile(args.profile)
+    return Link(bandwidth, latency, profile.overhead_at(prof.overhead_ms, prof.handshake_trips, latency, workers))
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -99,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.validate and not args.out:
             raise ValueError("give --out DIR for the predicted trial files (or --validate)")
         found, skipped = prediction.measured_trials(args.results_dir)
-    except (ValueError, results.ResultsError) as e:
+    except (ValueError, results.ResultsError, profile.ProfileError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     for note in skipped:
@@ -113,9 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     run_id = f"predict-{uuid.uuid4().hex[:8]}"
     written = 0
     for m in prediction.sources(found):  # one per configuration: several would write the same grid points
-        for link in grid:
+        for bandwidth, latency in grid:
             for w in workers or [m.spec.workers]:
-                spec, rows = prediction.predict(m, link, w, run_id)
+                spec, rows = prediction.predict(m, link_at(args, bandwidth, latency, w), w, run_id)
                 if rows:
                     prediction.write(args.out, m, spec, rows)
                     written += 1

@@ -30,14 +30,9 @@ if TYPE_CHECKING:
     import pandas as pd
 
 
-_REQUIRED = object()
-
-
-def _col(arrow: pa.DataType, doc: str, default: Any = _REQUIRED) -> Any:
-    """A column of the schema: its Arrow type and its meaning (the README's schema table)."""
-    if default is _REQUIRED:
-        return field(metadata={"arrow": arrow, "doc": doc})
-    return field(default=default, metadata={"arrow": arrow, "doc": doc})
+def _col(arrow: pa.DataType, doc: str, *default: Any) -> Any:
+    """A column of the schema: its Arrow type, its meaning (the README's schema table), a default."""
+    return field(metadata={"arrow": arrow, "doc": doc}, **({"default": default[0]} if default else {}))
 
 
 SOURCE_MEASURED = "measured"  # trained and timed here

@@ -64,13 +64,16 @@ def measured_trials(path) -> tuple[list[Measured], list[str]]:
     return found, skipped
 
 
-def predicted_spec(spec: cfg.TrialSpec, link: Link, workers: int, grid_id: str | None = None) -> cfg.TrialSpec:
-    """The grid point ``spec`` would be at ``link`` and ``workers`` (its id ``grid_id`` when the
-    sweep named it), under its predicted trial id."""
-    grid_id = grid_id or cfg._trial_id(spec.arch, spec.depth, spec.version, workers, spec.hardware,
-                                       link.bandwidth_mbps, link.latency_ms, spec.algorithm, spec.seed, spec.precision)
+def predicted_spec(spec: cfg.TrialSpec, link: Link, workers: int, point: cfg.TrialSpec | None = None) -> cfg.TrialSpec:
+    """The grid point ``spec`` would be at ``link`` and ``workers`` (``point`` when the sweep names
+    it), under its predicted trial id."""
+    if point is not None:
+        return point.model_copy(update={"trial_id": point.trial_id + PREDICTED_SUFFIX})
+    grid_id = cfg._trial_id(spec.arch, spec.depth, spec.version, workers, spec.hardware, link.bandwidth_mbps,
+                            link.latency_ms, spec.algorithm, spec.seed, spec.precision)
     return spec.model_copy(update={"workers": workers, "bandwidth_mbps": link.bandwidth_mbps,
                                    "latency_ms": link.latency_ms, "link_overhead_ms": link.overhead_ms,
+                                   "link_profile": None, "link_handshake_trips": 0.0,
                                    "trial_id": grid_id + PREDICTED_SUFFIX})
 
 
@@ -87,9 +90,9 @@ def _steps_at(m: Measured, workers: int) -> dict[int, float] | None:
 
 
 def predict(m: Measured, link: Link, workers: int, run_id: str,
-            grid_id: str | None = None) -> tuple[cfg.TrialSpec, list[dict[str, Any]]]:
-    """The rows of ``m`` re-timed on ``link`` with ``workers``."""
-    spec = predicted_spec(m.spec, link, workers, grid_id)
+            point: cfg.TrialSpec | None = None) -> tuple[cfg.TrialSpec, list[dict[str, Any]]]:
+    """The rows of ``m`` re-timed on ``link`` with ``workers`` (the grid point ``point``, if named)."""
+    spec = predicted_spec(m.spec, link, workers, point)
     measured = {r["epoch"]: r["epoch_seconds"] for r in m.rows}
     times = {e.epoch: e for e in replay.epoch_times(m.steps, link, workers, m.link, m.spec.workers, measured,
                                                     _steps_at(m, workers))}
@@ -130,7 +133,8 @@ def write(folder, m: Measured, spec: cfg.TrialSpec, rows: list[dict[str, Any]]) 
 
 # ---------------------------------------------------------------- checking predictions against measurements
 
-_LINK_AND_WORKERS = {"trial_id", "bandwidth_mbps", "latency_ms", "link_overhead_ms", "workers"}
+_LINK_AND_WORKERS = {"trial_id", "bandwidth_mbps", "latency_ms", "link_overhead_ms", "link_profile",
+                     "link_handshake_trips", "workers"}
 
 
 def _same_config(a: cfg.TrialSpec, b: cfg.TrialSpec) -> bool:
@@ -201,7 +205,7 @@ def errors_in(rows: pd.DataFrame) -> pd.DataFrame:
 def replay_plan(trials: list[cfg.TrialSpec]) -> tuple[list[cfg.TrialSpec], dict[str, list[cfg.TrialSpec]]]:
     """``--replay``: the trials to train (per configuration, its first link in grid order) and, per
     trained trial id, the grid points to fill by replaying its trace."""
-    network = {"trial_id", "bandwidth_mbps", "latency_ms", "link_overhead_ms"}
+    network = {"trial_id", "bandwidth_mbps", "latency_ms", "link_overhead_ms", "link_profile", "link_handshake_trips"}
     first: dict[str, cfg.TrialSpec] = {}
     fill: dict[str, list[cfg.TrialSpec]] = {}
     for t in trials:
@@ -229,7 +233,7 @@ def fill_grid(sweep_dir, fill: dict[str, list[cfg.TrialSpec]], run_id: str) -> t
             continue
         for p in points:
             link = Link(p.bandwidth_mbps, p.latency_ms, p.link_overhead_ms)
-            spec, rows = predict(m, link, p.workers, run_id, p.trial_id)
+            spec, rows = predict(m, link, p.workers, run_id, p)
             if rows:
                 write(sweep_dir, m, spec, rows)
                 written += 1
