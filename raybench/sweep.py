@@ -317,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
               flush=True)
         grid = tune.run_sweep(todo, p.sweep_dir, str(p.data_root) if p.local_data else None,
                                 cifar.dataset_label(p.data_root, p.local_data), run_id,
-                                args.max_failures, args.concurrency, args.verbose)
+                                args.max_failures, args.concurrency)
     except cfg.ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -15,11 +15,24 @@ import ray
 # resources still queues, and the wait shows in the log every minute instead of being hidden. A
 # bundle that fits no node is rejected before the sweep starts (sweep.check_fits).
 JOB_ENV: dict[str, str] = {}
-VERBOSE_ENV = "RAYBENCH_RAY_LOGS"  # "1" in the job's processes under --verbose: worker_setup keeps Ray's INFO logs
-# Ray Train 2.60 logs "Reporting training result N: TrainingReport(... metrics={'raybench_row': ...})" at INFO
-# once per report and rank, through a logger named by its file's path (logging.getLogger(__file__)), so
-# neither Train's LoggingConfig (which filters "ray.train.*") nor the "ray" logger reaches it.
+VERBOSE_ENV = "RAYBENCH_RAY_LOGS"  # "1" in the job's processes under --verbose: Train's routine lines stay
+# Ray Train 2.60's routine INFO lines, one per attempt, rank or epoch, kept off the console unless --verbose.
+# Its other INFO lines stay: "[FailurePolicy] RETRY/RAISE" with the error (a worker failed, a worker group
+# could not be placed in time), preemption. Train's LoggingConfig cannot tell these apart (one level for all
+# of "ray.train"), and its dictConfig resets the levels of "ray.train.*" loggers, so each gets a filter.
+ROUTINE_TRAIN_LOGGERS = (
+    "ray.train.v2._internal.execution.scaling_policy.scaling_policy",  # Requesting resources: ...
+    "ray.train.v2._internal.execution.worker_group.worker_group",  # Attempting to start / Started ... worker group
+    "ray.train.torch.config",  # Setting up process group for: env:// [rank=..., world_size=...]
+    "ray.train.v2._internal.execution.storage",  # Checkpoint successfully created at: ...
+)
+# "Reporting training result N: TrainingReport(... metrics={'raybench_row': '...the whole row...'})", once per
+# report and rank, goes through a logger named by its file's path (logging.getLogger(__file__)), under ray/.
 TRAIN_REPORT_LOGGER = ("train", "v2", "_internal", "execution", "context.py")
+
+
+def _warnings_and_errors(record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.WARNING
 
 
 def worker_setup() -> None:
@@ -27,14 +40,17 @@ def worker_setup() -> None:
 
     Pins RAY_ADDRESS to this cluster (Train's PlacementGroupCleaner looks the cluster up by address and,
     where several Ray clusters run on one machine, otherwise dies with a traceback on the console) and,
-    unless --verbose, raises Train's per-report logger (TRAIN_REPORT_LOGGER) to WARNING. Never raises:
-    a failing hook would make Ray end the worker.
+    unless --verbose, lets only warnings and errors through Train's routine loggers (ROUTINE_TRAIN_LOGGERS,
+    TRAIN_REPORT_LOGGER; Train's own log files lose those lines too). Never raises: a failing hook would
+    make Ray end the worker.
     """
     try:
         if not os.environ.get("RAY_ADDRESS"):
             os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
         if os.environ.get(VERBOSE_ENV) != "1":
-            logging.getLogger(str(Path(ray.__file__).parent.joinpath(*TRAIN_REPORT_LOGGER))).setLevel(logging.WARNING)
+            report = str(Path(ray.__file__).parent.joinpath(*TRAIN_REPORT_LOGGER))
+            for name in (*ROUTINE_TRAIN_LOGGERS, report):
+                logging.getLogger(name).addFilter(_warnings_and_errors)
     except Exception:  # noqa: BLE001 - only the console's tidiness is at stake
         pass
 

@@ -7,10 +7,10 @@ once (default 1, so timings never share hardware). Above 1, a trial whose worker
 the running ones waits: Train's worker group start times out after a minute and Train reschedules it
 (a retryable controller error, retried without limit by default), so it queues and says so in the log.
 
-The console (``console.Progress``) prints one line per epoch per trial; Tune's status table is off and
-Ray Train's INFO logs are held back (Train's own ``LoggingConfig``, and ``session.worker_setup`` for its
-"Reporting training result ... TrainingReport(...)" line per report and rank, which carries the whole
-row); ``verbose`` brings them back.
+The console (``console.Progress``) prints one line per epoch per trial; Tune's status table is off, and
+Ray Train's routine INFO lines (among them "Reporting training result ... TrainingReport(...)" per report
+and rank, which carries the whole row) are held back in every Ray process by ``session.worker_setup``
+unless ``--verbose``.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ray import tune
-from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
@@ -67,8 +67,6 @@ def run_trial(config: dict[str, Any]) -> None:
             callbacks=[TuneReportCallback()],
             failure_config=FailureConfig(max_failures=config.get("max_failures", 0)),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
-            # the controller's and workers' ray.train INFO lines (one per report and rank) only with --verbose
-            logging_config=LoggingConfig(log_level="INFO" if config.get("verbose") else "WARNING"),
         ),
     )
     trainer.fit()
@@ -87,15 +85,14 @@ def tensorboard_dir(sweep_dir: str | Path) -> str:
 
 
 def run_sweep(trials: list[TrialSpec], sweep_dir: str | Path, data: str | None, dataset: str, run_id: str,
-              max_failures: int = 0, concurrency: int = 1, verbose: bool = False) -> tune.ResultGrid:
-    """Run every trial under Tune (Ray must be initialised, see ``session.init_ray``), at most
-    ``concurrency`` at once, and return Tune's result grid. The console gets one line per epoch
-    per trial; ``verbose`` also lets Ray Train's INFO logs through."""
+              max_failures: int = 0, concurrency: int = 1) -> tune.ResultGrid:
+    """Run every trial under Tune (Ray must be initialised, see ``session.init_ray``, whose ``verbose``
+    decides which of Ray's logs show), at most ``concurrency`` at once, and return Tune's result grid.
+    The console gets one line per epoch per trial."""
     storage = storage_path(sweep_dir)
     param_space = {
         "trial": tune.grid_search([t.model_dump(mode="json") for t in trials]),
         "data": data, "run_id": run_id, "storage_path": storage, "max_failures": max_failures,
-        "verbose": verbose,
     }
     # Tune's status table is off: its "Logical resource usage" counts the trainables' reservations only
     # (no CPU), not the workers' placement groups, so it said 0 CPUs while every CPU trained; console.Progress
