@@ -85,3 +85,13 @@ def test_verbose_brings_ray_logs_back(tmp_path, cifar_dir):
     proc, _ = _sweep(tmp_path, cifar_dir, "loud", [1], 1, "--verbose")
     assert "TrainingReport(" in proc.stdout + proc.stderr
     assert len([m for m in map(PROGRESS.match, proc.stdout.splitlines()) if m]) == 1
+
+
+def test_eta_is_the_epochs_left_or_the_budget_left_at_the_trials_pace():
+    from raybench.driver.console import clock, eta_seconds
+
+    row = {"epoch": 2, "epoch_seconds": 10.0, "train_seconds": 20.0}
+    assert eta_seconds(row, 10, None, 12.0) == 8 * 12.0
+    assert eta_seconds(row, 10, 45.0, 12.0) == 3 * 12.0  # 25 s of budget: two epochs and the one it cuts
+    assert eta_seconds(row | {"epoch": 10}, 10, None, 12.0) == 0
+    assert (clock(65), clock(3725), clock(-1)) == ("1:05", "1:02:05", "0:00")
