@@ -7,8 +7,9 @@ trained it). ``state.pt`` holds plain tensors and numbers only (loaded with ``we
   ``worker.evaluation``); what ``dawnbench infer`` loads;
 - ``optimizer``, ``scheduler``, ``epoch``, ``train_seconds``, ``torch_rng``: rank 0's;
 - ``ranks``: per rank, what that rank alone holds and an exact restart needs: its batch-norm
-  buffers, its communication state (PowerSGD's error feedback, factors and RNG), its RNG state,
-  and under local SGD its own weights and optimizer state.
+  buffers (``virtual``: those of each virtual worker it runs), its communication state
+  (PowerSGD's error feedback, factors and RNG), its RNG state, and under local SGD its own
+  weights and optimizer state.
 
 The training loop writes one after every epoch (rank 0, after gathering every rank's part); a
 restart and ``dawnbench infer`` read it. Checkpoints written before ``ranks`` existed still load.

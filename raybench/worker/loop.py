@@ -7,6 +7,10 @@ test set, sum the counts over ranks, report the row with a checkpoint of exactly
 ``epoch_seconds`` covers the training steps only (data, forward, backward with communication,
 optimizer), not evaluation or checkpointing. During training, batch-norm statistics stay per
 worker (``forward_sync_buffers=False``), as in MLBench's reference.
+
+A process may run several virtual workers in turn (``Worker.virtual``, ``worker.virtual``): each
+step then goes forward and backward over each one's micro-batch before the one optimizer step,
+and evaluation averages over all of them; with one (the default) it is the plain loop.
 """
 from __future__ import annotations
 
@@ -18,7 +22,6 @@ from pathlib import Path
 import pyarrow as pa
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 
 from raybench import traces
 from raybench.results import EpochRow
@@ -42,7 +45,8 @@ def _over_ranks(values: list[float], worker: Worker, op: dist.ReduceOp.RedOpType
 
 def train_epoch(s: Setup, epoch: int, budget_left: float | None = None,
                 clock: Clock = time.perf_counter) -> dict[str, float]:
-    """One epoch over this rank's shard. Returns this rank's sums and the epoch's wall time.
+    """One epoch over this rank's shard (its virtual workers' shards). Returns this rank's sums and
+    the epoch's wall time.
 
     With ``budget_left`` (seconds), the epoch stops after the step during which the budget ran
     out on the slowest rank's clock (``cut`` in the result): one max-all-reduce of one float per
@@ -52,8 +56,7 @@ def train_epoch(s: Setup, epoch: int, budget_left: float | None = None,
     trial, worker, ds, ddp, opt, sched = s.trial, s.worker, s.ds, s.ddp, s.opt, s.sched
     ddp.train()
     bs = trial.schedule.batch_per_worker
-    idx = cifar.shard_indices(len(ds.train_y), worker.rank, worker.world, trial.seed, epoch).to(worker.device)
-    aug = torch.Generator().manual_seed(trial.seed * 1_000_003 + epoch * 1009 + worker.rank)
+    streams = s.vw.streams(len(ds.train_y), trial.seed, epoch, worker.device)  # [virtual] one per worker run here
     loss_sum = torch.zeros((), device=worker.device)
     correct = torch.zeros((), device=worker.device, dtype=torch.long)
     s.comm.take_stats()
@@ -68,34 +71,29 @@ def train_epoch(s: Setup, epoch: int, budget_left: float | None = None,
         torch.cuda.synchronize(worker.device)
     t0 = clock()
     done, cut, lr = 0, False, opt.param_groups[0]["lr"]
-    for step in range(len(idx) // bs):
+    for step in range(len(streams[0][0]) // bs):
         if budget_left is not None and step > 0 and _over_ranks([clock() - t0], worker, dist.ReduceOp.MAX)[0] \
                 >= budget_left:
             cut = True  # every rank got the same answer from the same number
             break
         s.comm.begin_step()  # [trace] the step starts: data, forward, backward, optimizer
-        batch = idx[step * bs:(step + 1) * bs]
-        x = cifar.normalize(cifar.augment(ds.train_x[batch], aug)).contiguous(memory_format=fmt)
-        y = ds.train_y[batch]
-        with autocast:
-            out = ddp(x)
-            loss = F.cross_entropy(out, y)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        s.comm.end_backward()  # [trace]
+        step_loss, step_correct = s.vw.forward_backward(ddp, ds, streams, step, bs, autocast, fmt)  # [virtual]
+        s.comm.end_backward()  # [trace] after the last micro-batch's backward
         opt.step()
         s.comm.after_step(ddp.module)  # [comm] close the step's timing; local SGD averages here
         lr = opt.param_groups[0]["lr"]  # the lr this step used, before the schedule moves on
         sched.step()
-        loss_sum += loss.detach() * len(y)
-        correct += (out.argmax(1) == y).sum()
+        loss_sum += step_loss
+        correct += step_correct
         done += 1
     if cuda:
         torch.cuda.synchronize(worker.device)
     seconds = clock() - t0
 
     comm = s.comm.take_stats()
-    return {"seconds": seconds, "images": done * bs, "loss_sum": float(loss_sum), "correct": int(correct),
+    return {"seconds": seconds, "images": done * bs * len(streams), "loss_sum": float(loss_sum),
+            "correct": int(correct),
             "comm_seconds": comm.comm_seconds, "simulated_delay_seconds": comm.simulated_delay_seconds,
             "simulated_hold_seconds": comm.simulated_hold_seconds, "cut": cut, "lr": lr,
             "trace": s.comm.take_trace(time.perf_counter())}
@@ -112,7 +110,7 @@ def _gather_trace(trace: list, worker: Worker, epoch: int) -> pa.Table | None:
 def _rank_state(s: Setup) -> dict:
     """What this rank alone holds and an exact restart needs (see ``checkpoint``)."""
     own = {"buffers": {n: b for n, b in s.ddp.module.named_buffers()}, "comm": s.comm.state_dict(),
-           "torch_rng": torch.get_rng_state()}
+           "torch_rng": torch.get_rng_state(), "virtual": s.vw.state_dict()}  # [virtual] their buffers
     if s.trial.algorithm == "localsgd":  # weights and momentum drift apart between averaging events
         own |= {"model": s.ddp.module.state_dict(), "optimizer": s.opt.state_dict()}
     return checkpoint.to_cpu(own)
@@ -154,7 +152,8 @@ def run(trial: TrialSpec, worker: Worker, ds: cifar.Cifar10, run_id: str, report
 
         # ---------------------------------------------------------------- evaluate the one model
         t_eval = clock()
-        evaluated = consensus_model(s.ddp.module, worker.world, average_weights=trial.algorithm == "localsgd")
+        evaluated = consensus_model(s.ddp.module, worker.world, average_weights=trial.algorithm == "localsgd",
+                                    local=s.vw.buffers)  # [virtual] the average over every virtual worker
         test_loss, test_correct, test_n = evaluate(evaluated, s.ds, worker.rank, worker.world, worker.device)
         loss_sum, correct, images, te_loss, te_correct, te_n = _over_ranks(
             [tr["loss_sum"], tr["correct"], tr["images"], test_loss, test_correct, test_n], worker)

@@ -15,15 +15,18 @@ from raybench.spec.schedule import lr_factor, peak_lr
 from raybench.worker import checkpoint, comm
 from raybench.worker.comm.algorithms import Comm
 from raybench.worker.data import Cifar10
+from raybench.worker.virtual import VirtualWorkers, check
 
 
 @dataclass(frozen=True)
 class Worker:
-    """Where this process sits: its rank, the number of ranks, its device."""
+    """Where this process sits: its rank, the number of ranks, its device, and how many virtual
+    workers it runs in turn (``worker.virtual``; the trial's workers are then ``world * virtual``)."""
 
     rank: int
     world: int
     device: torch.device
+    virtual: int = 1  # [virtual] virtual workers per process
 
 
 @dataclass
@@ -38,6 +41,7 @@ class Setup:
     sched: torch.optim.lr_scheduler.LRScheduler
     comm: Comm
     steps_per_epoch: int
+    vw: VirtualWorkers  # [virtual] the workers this process runs: its own rank alone unless virtual > 1
     start_epoch: int = 1
     train_seconds: float = 0.0  # training time before start_epoch (from the checkpoint)
 
@@ -110,6 +114,7 @@ def _settle_buckets(ddp: DDP, communication: Comm, device: torch.device) -> None
 
 def prepare(trial: TrialSpec, worker: Worker, ds: Cifar10, restore: Path | None = None) -> Setup:
     """Build the worker's training state, from ``restore`` (a checkpoint folder) when given."""
+    check(trial, worker.world, worker.virtual)  # [virtual] allreduce only, world x virtual = trial.workers
     torch.manual_seed(trial.seed)  # the same initial weights on every rank; DDP also broadcasts rank 0's
     model = models.build(trial.arch, trial.depth, trial.version)
     ds = ds.subset(trial.data.train_images, trial.data.test_images).to(worker.device)
@@ -117,6 +122,7 @@ def prepare(trial: TrialSpec, worker: Worker, ds: Cifar10, restore: Path | None 
     ddp = wrap_ddp(model, trial, worker)
     opt, sched = make_optimizer(ddp, trial, spe)
     communication = comm.attach(ddp, trial, worker.device)
+    vw = VirtualWorkers(worker.rank, worker.world, worker.virtual, ddp.module)  # [virtual]
     start_epoch, train_seconds, mine = 1, 0.0, {}
     if restore is not None:
         _settle_buckets(ddp, communication, worker.device)
@@ -127,10 +133,11 @@ def prepare(trial: TrialSpec, worker: Worker, ds: Cifar10, restore: Path | None 
             for name, buf in ddp.module.named_buffers():
                 if name in mine.get("buffers", {}):
                     buf.copy_(mine["buffers"][name])
+        vw.load_state_dict(mine.get("virtual", []))  # [virtual] each virtual worker's buffers
         opt.load_state_dict(mine.get("optimizer", state["optimizer"]))
         sched.load_state_dict(state["scheduler"])
         torch.set_rng_state(mine.get("torch_rng", state["torch_rng"]).cpu())
         start_epoch, train_seconds = state["epoch"] + 1, state["train_seconds"]
     if restore is not None:
         communication.restart(sched.last_epoch, mine.get("comm", {}))
-    return Setup(trial, worker, ds, ddp, opt, sched, communication, spe, start_epoch, train_seconds)
+    return Setup(trial, worker, ds, ddp, opt, sched, communication, spe, vw, start_epoch, train_seconds)
