@@ -101,3 +101,9 @@ def train_rows(rank: int, world: int, trial_json: str, data: str, keep: str | No
     run(trial, Worker(rank, world, torch.device("cpu")), cifar.load(data), "run", report,
         Path(restore) if restore else None, clock=clock)
     return rows
+
+
+def train_each(rank: int, world: int, trials_json: list[str], data: str) -> list[list[dict[str, Any]]]:
+    """``train_rows`` for each trial in turn, on the same ranks and process group (one DDP model
+    and one communication hook per trial, as a fresh worker would build them)."""
+    return [train_rows(rank, world, t, data) for t in trials_json]

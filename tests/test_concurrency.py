@@ -1,6 +1,8 @@
 """Trials do not share hardware unless asked (--concurrency), their files say where each rank ran;
 a failed trial says so and runs again; a restarted trial keeps the rows of the attempt that went on;
 a worker's bundle must fit one node."""
+import contextlib
+import io
 import json
 import os
 import signal
@@ -83,25 +85,6 @@ def test_a_failed_trial_says_failed_with_its_error_and_a_rerun_completes_it(cifa
     assert [r["epoch"] for r in rows] == [1, 2, 3]
 
 
-def test_a_row_whose_checkpoint_train_kept_is_not_lost_when_the_driver_stopped_before_writing_it(
-        cifar_dir, tmp_path, ray_session):
-    """Ctrl-C can stop the driver after Train kept epoch 2's checkpoint but before epoch 2's row reached
-    the writer; the rerun then continues from that checkpoint with nothing left to train. Made here
-    exactly: a finished trial's file cut back to epoch 1, status running."""
-    f = write_sweep(tmp_path / "lost.yaml", name="lost", workers=[1],
-                    schedule={"warmup_epochs": 0, "milestones": [], "epochs": 2}, goal={"time_budget_s": None})
-    argv = [str(f), "--smoke", "--data", str(cifar_dir), "--results", str(tmp_path)]
-    assert sweep.main(argv) == 0
-    (path,) = (tmp_path / "lost").glob("*.parquet")
-    rows, meta = results.read_trial(path)
-    assert [r["epoch"] for r in rows] == [1, 2]
-    cut = {k.encode(): v for k, v in meta.items()} | {results.META_STATUS: results.STATUS_RUNNING}
-    results.write_trial(path, results.to_table(rows[:1], cut))
-    assert sweep.main(argv) == 0
-    again, meta = results.read_trial(path)
-    assert again == rows and meta["raybench.status"] == results.STATUS_COMPLETE  # epoch 2's row, as it was
-
-
 # ---------------------------------------------------------------- one trial at a time (real Ray, 2 CPUs)
 
 def _span(path: Path) -> tuple:
@@ -111,13 +94,28 @@ def _span(path: Path) -> tuple:
     return first["timestamp"] - timedelta(seconds=first["epoch_seconds"] + first["eval_seconds"]), last["timestamp"]
 
 
-def _two_trials(tmp_path, cifar_dir, *flags) -> tuple[list[tuple], list[dict[str, str]]]:
+def _pair_sweep(tmp_path: Path, cifar_dir, *flags) -> list[str]:
     f = write_sweep(tmp_path / "pair.yaml", name="pair", workers=[1], seed=[0, 1],
                     schedule={"warmup_epochs": 0, "milestones": [], "epochs": 2}, goal={"time_budget_s": None})
-    assert sweep.main([str(f), "--smoke", "--data", str(cifar_dir), "--results", str(tmp_path), *flags]) == 0
+    return [str(f), "--smoke", "--data", str(cifar_dir), "--results", str(tmp_path), *flags]
+
+
+def _two_trials(tmp_path, cifar_dir, *flags) -> tuple[list[tuple], list[dict[str, str]]]:
+    assert sweep.main(_pair_sweep(tmp_path, cifar_dir, *flags)) == 0
     paths = sorted((tmp_path / "pair").glob("*.parquet"))
     assert len(paths) == 2
     return sorted(_span(p) for p in paths), [results.read_trial(p)[1] for p in paths]
+
+
+@pytest.fixture(scope="module")
+def one_at_a_time(cifar_dir, tmp_path_factory, ray_session):
+    """The two-trial sweep run once with the default --concurrency: its spans, metadata and stderr
+    (taken now), and its folder, whose finished trials the lost-row test reruns."""
+    tmp = tmp_path_factory.mktemp("default")
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        spans, metas = _two_trials(tmp, cifar_dir)
+    return tmp, spans, metas, err.getvalue()
 
 
 def _check_placement(meta: dict[str, str], concurrency: int) -> None:
@@ -131,13 +129,33 @@ def _check_placement(meta: dict[str, str], concurrency: int) -> None:
     assert rank["device"] and set(rank["cpus"]) <= os.sched_getaffinity(0) and rank["cpus"]
 
 
-def test_trials_run_one_at_a_time_by_default(cifar_dir, tmp_path, ray_session, capsys):
-    spans, metas = _two_trials(tmp_path, cifar_dir)
+def test_trials_run_one_at_a_time_by_default(one_at_a_time):
+    _, spans, metas, err = one_at_a_time
     (a_start, a_end), (b_start, b_end) = spans
     assert a_end < b_start, "the second trial trained while the first was running"
-    assert "warning" not in capsys.readouterr().err
+    assert "warning" not in err
     for meta in metas:
         _check_placement(meta, 1)
+
+
+def test_a_row_whose_checkpoint_train_kept_is_not_lost_when_the_driver_stopped_before_writing_it(
+        cifar_dir, one_at_a_time):
+    """Ctrl-C can stop the driver after Train kept epoch 2's checkpoint but before epoch 2's row reached
+    the writer; the rerun then continues from that checkpoint with nothing left to train. Made here
+    exactly: a finished trial's file (of the default-concurrency sweep above) cut back to epoch 1,
+    status running; the rerun runs that trial only."""
+    tmp, *_ = one_at_a_time
+    argv = _pair_sweep(tmp, cifar_dir)
+    path, other = sorted((tmp / "pair").glob("*.parquet"))
+    rows, meta = results.read_trial(path)
+    assert [r["epoch"] for r in rows] == [1, 2]
+    untouched = other.read_bytes()
+    cut = {k.encode(): v for k, v in meta.items()} | {results.META_STATUS: results.STATUS_RUNNING}
+    results.write_trial(path, results.to_table(rows[:1], cut))
+    assert sweep.main(argv) == 0
+    again, meta = results.read_trial(path)
+    assert again == rows and meta["raybench.status"] == results.STATUS_COMPLETE  # epoch 2's row, as it was
+    assert other.read_bytes() == untouched  # complete: not run again
 
 
 def test_concurrency_2_runs_two_trials_together_and_says_so(cifar_dir, tmp_path, ray_session, capsys):

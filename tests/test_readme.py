@@ -1,4 +1,5 @@
 """The README's commands, run as a user runs them."""
+import math
 import os
 import re
 import subprocess
@@ -26,17 +27,70 @@ def test_quick_start_is_install_and_run_then_pytest():
     assert re.search(r"^pytest$", (ROOT / ".ci" / "run").read_text(), re.M), ".ci/run must run the README's tests"
 
 
-def test_quickstart_runs_as_the_readme_says(cifar_dir, tmp_path):
-    """The run half of the first command, in a fresh folder, on the offline copy (the install half is
-    what .ci/run does)."""
+def quickstart_command() -> list[str]:
+    """The run half of the first command (the install half is what .ci/run does), as argv."""
     cmd = quick_start()[0].split("&&")[-1].split()
     assert cmd[:3] == ["python", "-m", "raybench.sweep"]
+    return [sys.executable, *cmd[1:]]
+
+
+def run_quickstart(flags: list[str], cifar_dir, cwd) -> subprocess.CompletedProcess:
+    """The README's quickstart command, exactly, plus ``flags``, in a fresh folder, on the offline copy."""
     env = os.environ | {"RAYBENCH_DATA": str(cifar_dir)}
-    proc = subprocess.run([sys.executable, *cmd[1:]], cwd=tmp_path, env=env, capture_output=True, text=True,
+    proc = subprocess.run([*quickstart_command(), *flags], cwd=cwd, env=env, capture_output=True, text=True,
                           timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    return proc
+
+
+def test_quickstart_plans_what_the_readme_says(cifar_dir, tmp_path):
+    """The quickstart as the README describes it (ResNet-20 v1 at 1 and 2 CPU workers, 4 epochs on
+    10,000 training images): the exact command's plan, with --dry-run."""
+    from raybench import sweep
+
+    proc = run_quickstart(["--dry-run"], cifar_dir, tmp_path)
+    lines = proc.stdout.splitlines()
+    assert lines[0] == "sweep quickstart: 2 trial(s)"
+    head = re.split(r"\s{2,}", lines[1].strip())  # columns are 2+ spaces apart; a value may hold one ("0 ms")
+    table = [dict(zip(head, re.split(r"\s{2,}", line.strip()), strict=True)) for line in lines[2:]]
+    assert len(table) == 2
+    assert sorted((int(t["workers"]), int(t["epochs"])) for t in table) == [(1, 4), (2, 4)]
+    assert {(t["model"], t["hw"]) for t in table} == {("resnet20_v1", "cpu")}
+    assert not (tmp_path / "results").exists()  # --dry-run starts nothing
+    argv = quickstart_command()[3:] + ["--data", str(cifar_dir), "--results", str(tmp_path / "r"), "--dry-run"]
+    trials = sweep.plan(sweep.parse_args(argv)).trials
+    assert sorted(t.trial_id for t in trials) == sorted(t["trial_id"] for t in table)
+    assert {(t.data.train_images, t.schedule.epochs) for t in trials} == {(10_000, 4)}
+
+
+def test_quickstart_runs_as_the_readme_says(cifar_dir, tmp_path):
+    """The exact command, end to end with --smoke (every trial, every epoch, shrunk): real Ray, real
+    Parquet, in a fresh folder."""
+    run_quickstart(["--smoke"], cifar_dir, tmp_path)
     df = pd.read_parquet(tmp_path / "results" / "quickstart")
-    assert sorted(df.groupby("workers").epoch.max().items()) == [(1, 4), (2, 4)]
+    assert sorted(df.groupby("workers").epoch.max().items()) == [(1, 2), (2, 2)]  # --smoke: at most 2 epochs
+    assert sorted(zip(df.workers, df.epoch, strict=True)) == [(1, 1), (1, 2), (2, 1), (2, 2)]
+
+
+def test_quickstart_trial_learns_in_its_4_epochs_on_10000_images(cifar_dir, tmp_path):
+    """What the quickstart's rows show: 4 epochs on 10,000 images learn something (test top-1 above 0.3
+    at some epoch). Its 2-worker trial, unshrunk (the exact plan of the README's command), on two real
+    gloo ranks without Ray: the loop the Ray workers run (the Ray path is the --smoke run above).
+    The trial stops at the first epoch above 0.3 (``goal.stop_at_target``, which changes no epoch
+    before it), so a trial that never gets there still runs all 4 epochs and fails."""
+    from raybench import sweep
+
+    from multirank import run_ranks, train_rows
+
+    argv = quickstart_command()[3:] + ["--data", str(cifar_dir), "--results", str(tmp_path / "r"), "--dry-run"]
+    trials = sweep.plan(sweep.parse_args(argv)).trials
+    (two,) = [t for t in trials if t.workers == 2]
+    assert (two.data.train_images, two.schedule.epochs) == (10_000, 4)
+    early = two.model_copy(update={"goal": two.goal.model_copy(update={
+        "stop_at_target": True, "target_top1": math.nextafter(0.3, 1.0)})})  # stops at the first epoch > 0.3
+    ranks = run_ranks(train_rows, 2, early.model_dump_json(), str(cifar_dir), out=tmp_path / "ranks", timeout=900)
+    df = pd.DataFrame(ranks[0])
+    assert list(df.epoch) == list(range(1, len(df) + 1)) and len(df) <= 4
     assert df.test_top1.max() > 0.3  # 4 epochs on 10,000 images learn something
 
 

@@ -69,8 +69,16 @@ def test_time_budget_cuts_the_epoch_in_progress(ds):
     assert 0 <= row["test_top1"] <= 1
 
 
-def test_without_a_budget_every_epoch_runs_in_full(ds):
-    rows = collect(trial(time_budget_s=None, epochs=2), ds)
+@pytest.fixture(scope="module")
+def two_epochs(ds, tmp_path_factory):
+    """A 2-epoch trial without a budget, run once, each epoch's checkpoint kept: its rows and the
+    checkpoints' folder (the restore test restarts it from epoch 1 and compares with it)."""
+    keep = tmp_path_factory.mktemp("two_epochs")
+    return collect(trial(time_budget_s=None, epochs=2), ds, keep=keep), keep
+
+
+def test_without_a_budget_every_epoch_runs_in_full(two_epochs):
+    rows, _ = two_epochs
     assert [r["epoch"] for r in rows] == [1, 2]
     assert not any(r["budget_cut"] for r in rows)
     assert rows[1]["train_seconds"] == pytest.approx(rows[0]["epoch_seconds"] + rows[1]["epoch_seconds"])
@@ -92,15 +100,16 @@ def test_stop_at_target_ends_the_trial_at_the_first_epoch_that_reaches_it(ds):
     assert [r["test_top1"] for r in rows] == top1[:later]
 
 
-def test_restore_continues_from_the_checkpoint(ds, tmp_path):
+def test_restore_continues_from_the_checkpoint(ds, two_epochs):
+    """Restarted from the epoch-1 checkpoint of the uninterrupted 2-epoch run (kept before its epoch 2
+    began: what a restart of that run loads), epoch 2 is that run's epoch 2."""
+    full, keep = two_epochs
     t = trial(time_budget_s=None, epochs=2)
-    first = collect(t.model_copy(update={"schedule": t.schedule.model_copy(update={"epochs": 1})}), ds, keep=tmp_path)
-    state = load_state(tmp_path / "epoch_1", torch.device("cpu"))
+    state = load_state(keep / "epoch_1", torch.device("cpu"))
     assert state["epoch"] == 1 and set(state) >= {"model", "optimizer", "scheduler", "torch_rng", "train_seconds"}
-    rows = collect(t, ds, restore=tmp_path / "epoch_1")
+    rows = collect(t, ds, restore=keep / "epoch_1")
     assert [r["epoch"] for r in rows] == [2]
-    assert rows[0]["train_seconds"] == pytest.approx(first[0]["train_seconds"] + rows[0]["epoch_seconds"])
-    full = collect(t, ds)  # the same two epochs without the interruption
+    assert rows[0]["train_seconds"] == pytest.approx(full[0]["train_seconds"] + rows[0]["epoch_seconds"])
     assert rows[0]["lr"] == full[1]["lr"]
     assert rows[0]["train_loss"] == pytest.approx(full[1]["train_loss"], rel=1e-4)
 
