@@ -169,7 +169,7 @@ def test_one_epoch_through_the_loop(cifar_dir, process_group) -> None:
         "goal": {"time_budget_s": None}, "data": {"train_images": 64, "test_images": 32}}))
     rows = []
     run(t, Worker(0, 1, torch.device("cpu")), cifar.load(cifar_dir), "run",
-        lambda row, ckpt: rows.append(row.to_dict()))
+        lambda row, ckpt, trace: rows.append(row.to_dict()))
     (row,) = rows
     assert (row["model"], row["depth"], row["version"]) == ("resnet9", 9, "v1")
     assert row["trial_id"] == "resnet9_w1_cpu_bwinf_lat0_allreduce_s0"
