@@ -90,7 +90,7 @@ def main() -> int:
                             "--out", str(where), "--algorithm", algorithm, "--epochs", str(args.epochs),
                             "--train-images", str(args.train_images), "--test-images", str(args.test_images),
                             "--batch", str(args.batch), "--bandwidths", *map(str, bandwidths),
-                            "--latencies", *map(str, latencies), "--no-link"], check=True)
+                            "--latencies", *map(str, latencies), "--no-link", "--no-collective"], check=True)
             unlimited_run(where, args, algorithm)
         found, skipped = prediction.measured_trials(where / "results" / f"fidelity_sim_unlimited_{algorithm}")
         if not found:
