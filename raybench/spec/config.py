@@ -9,7 +9,6 @@ import itertools
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -356,14 +355,7 @@ def resolve(name_or_path: str) -> Path:
 def load(name_or_path: str) -> SweepSpec:
     """Read and validate a sweep file (safe YAML, no aliases, no key twice; nothing in it is executed)."""
     path = resolve(name_or_path)
-    try:
-        raw = yamlfile.read(path.read_text())
-    except yamlfile.SweepYAMLError as e:
-        raise ConfigError(f"{path}: {e}") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{path}: cannot read: {e}") from None
+    raw = yamlfile.read_file(path, ConfigError)
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of fields, got "
                           f"{'an empty file' if raw is None else type(raw).__name__}")

@@ -22,8 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from raybench.spec import yamlfile
 from raybench.spec.yamlfile import shown
 
@@ -74,17 +72,8 @@ def _number(path: Path, raw: dict[str, Any], field: str, allowed: str, positive:
 def read_profile(path: str | Path) -> LinkProfile:
     """Read and check a profile file; raises ProfileError naming the file, field, value and what is allowed."""
     path = Path(path)
-    try:
-        raw = yamlfile.read(path.read_text())
-    except FileNotFoundError:
-        raise ProfileError(f"{path}: profile file not found (write one with python -m raybench.calibrate "
-                           f"--out {path.name})") from None
-    except yamlfile.SweepYAMLError as e:
-        raise ProfileError(f"{path}: {e}") from None
-    except yaml.YAMLError as e:
-        raise ProfileError(f"{path}: not valid YAML: {e}") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ProfileError(f"{path}: cannot read: {e}") from None
+    raw = yamlfile.read_file(path, ProfileError, missing="profile file not found (write one with python -m "
+                                                         f"raybench.calibrate --out {path.name})")
     fields = ", ".join(REQUIRED)
     if not isinstance(raw, dict):
         got = "an empty file" if raw is None else f"{type(raw).__name__} {shown(raw)}"

@@ -52,3 +52,20 @@ def shown(value: Any) -> str:
     """``repr(value)``, cut to SHOWN_CHARS characters for messages."""
     text = repr(value)
     return text if len(text) <= SHOWN_CHARS else f"{text[:SHOWN_CHARS]}... ({len(text):,} characters in all)"
+
+
+def read_file(path, error: type[Exception], missing: str | None = None) -> Any:
+    """The YAML file at ``path`` read with ``read``; every failure raised as ``error`` naming the
+    file (a missing file with ``missing`` as its message, when given)."""
+    try:
+        return read(path.read_text())
+    except FileNotFoundError:
+        if missing is None:
+            raise error(f"{path}: cannot read: no such file") from None
+        raise error(f"{path}: {missing}") from None
+    except SweepYAMLError as e:
+        raise error(f"{path}: {e}") from None
+    except yaml.YAMLError as e:
+        raise error(f"{path}: not valid YAML: {e}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise error(f"{path}: cannot read: {e}") from None
