@@ -10,7 +10,7 @@ step and rank by rank, with the link model's one implementation (``link.link_sec
   bucket is released to DDP when the transfer is done; the wire is one per rank, buckets queue;
 - ``backward()`` returns as long after the last release as it did in the trace, then the step's
   own work (optimizer, bookkeeping) takes as long as it did; local SGD's parameter averaging takes
-  the longer of its real and its modelled time;
+  its real time, then its modelled time (the buckets' rule);
 - the step takes as long as its slowest rank; an epoch is the sum of its steps plus what the
   traced epoch spent outside its steps (``residual``: the measured epoch minus the trace replayed
   at its own link, which makes replay at the traced link exact).
@@ -93,7 +93,7 @@ class StepTimes:
     """Per step (slowest rank's): its duration, the time it waited on communication after its last
     bucket was handed over (as ``comm_seconds`` counts it), the modelled link time and the hold (the
     time during which some finished collective was held back: on one wire, the modelled time of the
-    gradient collectives, plus what parameter averaging's modelled time adds to its real one)."""
+    gradient collectives, plus parameter averaging's modelled time, which follows its real one)."""
 
     seconds: np.ndarray
     comm: np.ndarray
@@ -103,7 +103,7 @@ class StepTimes:
 
 def _averaging(s: Steps, workers: int, link: Link) -> np.ndarray:
     modelled = link_seconds(s.avg_collectives, s.avg_nbytes, workers, link)
-    return np.where(s.avg_collectives > 0, np.maximum(s.avg_real, modelled), s.avg_real)
+    return s.avg_real + np.where(s.avg_collectives > 0, modelled, 0.0)  # the hook's rule: real, then modelled
 
 
 def step_times(s: Steps, link: Link, workers: int, traced_link: Link, traced_workers: int) -> StepTimes:

@@ -71,11 +71,22 @@ def test_a_held_trace_replays_back_to_the_unlimited_one():
     assert t.hold.tolist() == pytest.approx([0.0])
 
 
-def test_parameter_averaging_takes_the_longer_of_its_real_and_modelled_time():
+def test_parameter_averaging_pays_its_modelled_time_after_its_real_one_as_the_hook_does():
+    """Buckets and local SGD's averaging follow one rule: the modelled transfer starts when the real
+    one has finished. The live hook's ``charge`` holds exactly the modelled time; replay agrees."""
     rec = _record([], [], [], [], backward=0.2, end=0.35, avg=(1, 1_000_000, 0.05))
     s = _steps([rec, rec])
     assert replay.step_times(s, Link(), 2, Link(), 2).seconds.tolist() == pytest.approx([0.35])
-    assert replay.step_times(s, SLOW, 2, Link(), 2).seconds.tolist() == pytest.approx([0.35 - 0.05 + 1.0])
+    t = replay.step_times(s, SLOW, 2, Link(), 2)
+    assert t.seconds.tolist() == pytest.approx([0.35 + 1.0])
+    assert t.hold.tolist() == pytest.approx([1.0])
+
+    from raybench.worker.comm.hook import LinkHook  # the live side of the same rule
+    hook = LinkHook(SLOW, 2)
+    hook.charge([1_000_000], real_seconds=0.05)
+    stats = hook.take_stats()
+    assert stats.simulated_hold_seconds == pytest.approx(1.0)
+    assert stats.comm_seconds == pytest.approx(1.05)
 
 
 def test_one_worker_pays_no_link_and_latency_is_paid_per_collective():

@@ -9,8 +9,7 @@ happens on a separate "wire" thread, so DDP keeps overlapping communication with
 It also records the step trace that replay re-times (``StepRecord``, per step): when each bucket
 was handed over, when its real collective finished, when it was released, and what it sent.
 """
-import heapq
-import itertools
+import queue
 import threading
 import time
 from collections.abc import Callable
@@ -57,46 +56,50 @@ class StepRecord:
 
 
 class _Wire(threading.Thread):
-    """Completes held futures at their modelled times, in deadline order, off the backward thread."""
+    """One wire per rank, off the backward thread: takes finished collectives in the order they
+    finished and hands each result to DDP at max(wire free, its real end) + its modelled time.
 
-    def __init__(self) -> None:
+    On a GPU the real end is when the device has finished the collective (the wire's stream waits
+    for the collective's streams, then the host waits for the wire's stream): a future can complete
+    on the host before the device has produced and reduced the bucket (NCCL's does at enqueue).
+    """
+
+    def __init__(self, device: torch.device | None) -> None:
         super().__init__(name="raybench-wire", daemon=True)
-        self._cv = threading.Condition()
-        self._heap: list = []
-        self._seq = itertools.count()
+        self.device = device
+        self.free_at = 0.0  # when the wire finishes what it has taken so far (perf_counter)
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
 
-    def hold(self, deadline: float, real: torch.futures.Future, out: torch.futures.Future,
-             on_release: Callable[[float], None]) -> None:
-        with self._cv:
-            heapq.heappush(self._heap, (deadline, next(self._seq), real, out, on_release))
-            self._cv.notify()
+    def send(self, real: torch.futures.Future, out: torch.futures.Future, modelled: float,
+             record: list, lock: threading.Lock) -> None:
+        self._queue.put((real, out, modelled, record, lock))
 
     def run(self) -> None:
         while True:
-            with self._cv:
-                while not self._heap:
-                    self._cv.wait()
-                deadline, _, real, out, on_release = self._heap[0]
-                wait = deadline - time.perf_counter()
-                if wait > 0:
-                    self._cv.wait(wait)  # a new, earlier deadline may arrive meanwhile
-                    continue
-                heapq.heappop(self._heap)
-            _release(real, out, on_release)
+            self._deliver(*self._queue.get())
 
-
-def _release(real: torch.futures.Future, out: torch.futures.Future,
-             on_release: Callable[[float], None]) -> None:
-    """Complete ``out`` with the real collective's result. Whatever fails on the way (the collective,
-    ``on_release``, ``set_result``) goes to ``out`` as its exception, so DDP, which waits on ``out``,
-    gets the error instead of waiting forever, and the wire goes on with the other futures."""
-    try:
-        value = real.wait()  # on a GPU: this thread's stream waits for the collective's before set_result
-        on_release(time.perf_counter())
-        out.set_result(value)
-    except Exception as e:
-        if not out.done():
-            out.set_exception(e)
+    def _deliver(self, real: torch.futures.Future, out: torch.futures.Future, modelled: float,
+                 record: list, lock: threading.Lock) -> None:
+        """Complete ``out`` with the real collective's result after the hold. Whatever fails on the way
+        goes to ``out`` as its exception, so DDP, which waits on ``out``, gets the error instead of
+        waiting forever, and the wire goes on with the other futures."""
+        try:
+            value = real.wait()  # on a GPU: this thread's current stream now waits for the collective's
+            if self.device is not None:
+                torch.cuda.current_stream(self.device).synchronize()  # the device has finished the bucket
+            with lock:
+                if self.device is not None:
+                    record[1] = time.perf_counter()
+                deadline = self.free_at = max(self.free_at, record[1]) + modelled
+            wait = deadline - time.perf_counter()
+            if wait > 0:
+                time.sleep(wait)
+            with lock:
+                record[2] = time.perf_counter()
+            out.set_result(value)  # on a GPU: DDP's stream waits for this thread's, which the host drained
+        except Exception as e:
+            if not out.done():
+                out.set_exception(e)
 
 
 InnerHook = Callable[[object, dist.GradBucket], torch.futures.Future]
@@ -124,15 +127,13 @@ class LinkHook:
         self.collectives = collectives
         self.bypass = False  # True: a plain all-reduce that touches no state and no clock (set-up only)
         self.recording = True  # False: no step trace (bench/replay_speed.py measures what recording costs)
-        self.devices = [device] if device is not None and device.type == "cuda" else None
+        self.device = device if device is not None and device.type == "cuda" else None
         self._lock = threading.Lock()
-        self._wire_free_at = 0.0
         self._wire: _Wire | None = None
-        self._ready: list[float] = []  # per bucket of this step: when DDP handed it over
-        self._done: list[float] = []  # when its result was released to DDP
         self._stats = CommStats()
         self._step_start: float | None = None  # begin_step's time; None: no step open (set-up, evaluation)
         self._buckets: list[list] = []  # this step's [handover, real_done, release, collectives, nbytes]
+        self._counted = 0  # buckets of this step that end_step has counted
         self._avg = (0, 0, 0.0)  # this step's parameter averaging: collectives, bytes, real seconds
         self._backward = 0.0
         self._trace: list[StepRecord] = []
@@ -148,7 +149,6 @@ class LinkHook:
         sizes = self.collectives(bucket)  # before the inner hook, which may advance its own state
         modelled = self.modelled_seconds(sizes)
         with self._lock:
-            self._ready.append(ready)
             self._stats.simulated_delay_seconds += modelled
             record = [ready, ready, ready, len(sizes) if self.workers > 1 else 0, sum(sizes)]
             self._buckets.append(record)
@@ -158,52 +158,41 @@ class LinkHook:
                 t = time.perf_counter()
                 with self._lock:
                     record[1] = record[2] = t
-                    self._done.append(t)
                 return fut.value()
             return real.then(finished)
 
-        out = torch.futures.Future(devices=self.devices)
+        out = torch.futures.Future(devices=[self.device] if self.device is not None else None)
+        wire = self._ensure_wire()
 
         def real_finished(_fut: torch.futures.Future) -> None:
             # Every rank has handed the bucket over and the real collective (with the algorithm's own
-            # compute) is done: the modelled transfer starts now, or when the wire is free.
-            try:
-                t = time.perf_counter()
-                with self._lock:
-                    record[1] = t
-                    deadline = max(self._wire_free_at, t) + modelled
-                    self._wire_free_at = deadline
-                self._ensure_wire().hold(deadline, real, out, lambda at: self._released(record, at))
-            except Exception as e:  # no wire to hold it on: DDP gets the error rather than no answer
-                out.set_exception(e)
+            # compute) is done on the host: the wire takes it (on a GPU, once the device is done too).
+            with self._lock:
+                record[1] = time.perf_counter()
+            wire.send(real, out, modelled, record, self._lock)
 
         real.add_done_callback(real_finished)
         return out
 
-    def _released(self, record: list, t: float) -> None:
-        with self._lock:
-            record[2] = t
-            self._done.append(t)
-
     def _ensure_wire(self) -> _Wire:
         with self._lock:
             if self._wire is None:
-                self._wire = _Wire()
+                self._wire = _Wire(self.device)
                 self._wire.start()
             return self._wire
 
     def charge(self, sizes: list[int], real_seconds: float) -> None:
-        """Communication outside DDP's backward (model averaging): the step waits for it anyway, so
-        a plain sleep for the modelled time not covered by the real transfer is what a wire does."""
+        """Communication outside DDP's backward (model averaging), by the buckets' rule: the modelled
+        transfer starts when the real one has finished (the step waits for it, so a plain sleep)."""
         modelled = self.modelled_seconds(sizes)
-        delay = max(0.0, modelled - real_seconds)
-        if delay:
-            time.sleep(delay)
+        if modelled:
+            time.sleep(modelled)
         with self._lock:
-            self._wire_free_at = max(self._wire_free_at, time.perf_counter())
-            self._stats.comm_seconds += real_seconds + delay
+            if self._wire is not None:  # the wire was busy until now
+                self._wire.free_at = max(self._wire.free_at, time.perf_counter())
+            self._stats.comm_seconds += real_seconds + modelled
             self._stats.simulated_delay_seconds += modelled
-            self._stats.simulated_hold_seconds += delay
+            self._stats.simulated_hold_seconds += modelled
             self._avg = (len(sizes) if self.workers > 1 else 0, sum(sizes), real_seconds)
 
     def begin_step(self) -> None:
@@ -211,7 +200,7 @@ class LinkHook:
         now = time.perf_counter()
         with self._lock:
             self._close_record(now)
-            self._buckets = []
+            self._buckets, self._counted = [], 0
             self._step_start = now if self.recording else None
 
     def end_backward(self) -> None:
@@ -236,16 +225,15 @@ class LinkHook:
     def end_step(self) -> None:
         """Close one step's timing; call after backward() returned (all buckets are done then)."""
         with self._lock:
-            if self._ready:
-                last_ready = max(self._ready)
-                self._stats.comm_seconds += max(0.0, max(self._done) - last_ready)
+            step, self._counted = self._buckets[self._counted:], len(self._buckets)
+            if step:
+                last_ready = max(r[0] for r in step)
+                self._stats.comm_seconds += max(0.0, max(r[2] for r in step) - last_ready)
                 self._stats.steps += 1
             released = float("-inf")  # the hold: time during which some finished collective was held back
-            for _, done, release, _, _ in sorted(self._buckets, key=lambda r: r[2]):
+            for _, done, release, _, _ in sorted(step, key=lambda r: r[2]):
                 self._stats.simulated_hold_seconds += max(0.0, release - max(done, released))
                 released = release
-            self._ready.clear()
-            self._done.clear()
 
     def take_stats(self) -> CommStats:
         with self._lock:
@@ -257,7 +245,7 @@ class LinkHook:
         with self._lock:
             if now is not None:
                 self._close_record(now)
-            self._step_start, self._buckets = None, []
+            self._step_start, self._buckets, self._counted = None, [], 0
             trace, self._trace = self._trace, []
         return trace
 
