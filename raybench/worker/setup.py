@@ -2,6 +2,7 @@
 communication, and the state restored from a checkpoint; ``prepare`` returns it as one ``Setup``."""
 from __future__ import annotations
 
+import inspect
 import platform
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +60,12 @@ def device_name(device: torch.device) -> str:
     return platform.processor() or platform.machine()
 
 
+# DDP's switch for the buffer broadcast in forward: ``forward_sync_buffers`` in the pinned torch,
+# ``broadcast_buffers`` in the torch releases before it (GPU images often carry an older one).
+_NO_BUFFER_SYNC = ("forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(DDP.__init__).parameters
+                   else "broadcast_buffers")
+
+
 def wrap_ddp(model: torch.nn.Module, trial: TrialSpec, worker: Worker) -> DDP:
     """DDP with per-worker batch-norm statistics (no buffer broadcast in forward).
 
@@ -70,7 +77,7 @@ def wrap_ddp(model: torch.nn.Module, trial: TrialSpec, worker: Worker) -> DDP:
                      else torch.contiguous_format)
     one_bucket = trial.algorithm == "powersgd" and worker.device.type != "cuda"
     return DDP(model, device_ids=[worker.device.index] if worker.device.type == "cuda" else None,
-               forward_sync_buffers=False, bucket_cap_mb=1024 if one_bucket else None)
+               bucket_cap_mb=1024 if one_bucket else None, **{_NO_BUFFER_SYNC: False})
 
 
 def make_ddp(model: torch.nn.Module, trial: TrialSpec, worker: Worker) -> tuple[DDP, Comm]:
