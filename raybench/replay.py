@@ -4,10 +4,11 @@ Synchronous SGD computes the same weights whatever the link, only at another pac
 trace answers for every link. Replay does what the live hook (``worker.comm.hook``) does, step by
 step and rank by rank, with the link model's one implementation (``link.link_seconds``):
 
-- each bucket's real collective ends when it ended in the trace (``real_done``: every rank had
-  handed the bucket over, and the algorithm's own compute, compression included, had run);
-- its modelled transfer starts then, or when the wire is free of the previous bucket, and the
-  bucket is released to DDP when the transfer is done; the wire is one per rank, buckets queue;
+- each bucket's modelled transfer starts when every rank had handed it over (``ready``, as the
+  live link measured it; in a trace without it, the latest rank's hand-over), or when the wire is
+  free of the previous bucket; the wire is one per rank, buckets queue;
+- the bucket is released to DDP when its transfer is done, never before its real collective ended
+  in the trace (``real_done``: the algorithm's own compute, compression included, had run);
 - ``backward()`` returns as long after the last release as it did in the trace, then the step's
   own work (optimizer, bookkeeping) takes as long as it did; local SGD's parameter averaging takes
   its real time, then its modelled time (the buckets' rule);
@@ -37,6 +38,7 @@ class Steps:
 
     epoch: np.ndarray  # (S,) the epoch of each step
     handover: np.ndarray  # (S, R, B)
+    ready: np.ndarray  # NaN where not measured
     real_done: np.ndarray
     release: np.ndarray
     collectives: np.ndarray
@@ -82,7 +84,8 @@ def steps(table: pa.Table) -> Steps:
         return t[c].to_numpy().astype(dtype).reshape(n, ranks)
 
     return Steps(epoch=epoch.reshape(n, ranks)[:, 0], handover=lists("handover", np.nan, np.float64),
-                 real_done=lists("real_done", np.nan, np.float64), release=lists("release", np.nan, np.float64),
+                 ready=lists("ready", np.nan, np.float64), real_done=lists("real_done", np.nan, np.float64),
+                 release=lists("release", np.nan, np.float64),
                  collectives=lists("collectives", 0, np.float64), nbytes=lists("nbytes", 0, np.float64),
                  backward=flat("backward"), end=flat("end"), avg_collectives=flat("avg_collectives"),
                  avg_nbytes=flat("avg_nbytes"), avg_real=flat("avg_real"))
@@ -106,27 +109,41 @@ def _averaging(s: Steps, workers: int, link: Link) -> np.ndarray:
     return s.avg_real + np.where(s.avg_collectives > 0, modelled, 0.0)  # the hook's rule: real, then modelled
 
 
+def all_ready(s: Steps) -> np.ndarray:
+    """When every rank had handed each bucket over (S, R, B): as measured where the live link
+    measured it; elsewhere the latest rank's hand-over (steps start together on every rank, as the
+    previous step's last collective ends on all of them), never after the real collective's end."""
+    latest = np.nanmax(np.where(np.isnan(s.handover), -np.inf, s.handover), axis=1, keepdims=True)
+    estimate = np.minimum(np.broadcast_to(latest, s.handover.shape), s.real_done)
+    return np.where(np.isnan(s.ready), estimate, np.minimum(s.ready, s.real_done))
+
+
 def step_times(s: Steps, link: Link, workers: int, traced_link: Link, traced_workers: int) -> StepTimes:
     """Every step of the trace ``s`` (recorded on ``traced_link`` with ``traced_workers``) re-timed
     on ``link`` with ``workers``."""
     modelled = link_seconds(s.collectives, s.nbytes, workers, link)  # (S, R, B)
     present = ~np.isnan(s.handover)
+    ready = all_ready(s)
     wire = np.zeros(s.backward.shape)
+    last_release = np.zeros(s.backward.shape)
+    held = np.zeros(s.backward.shape)  # time during which some finished collective was held back
     for b in range(s.handover.shape[2]):  # buckets queue on each rank's wire, in hand-over order
-        released = np.maximum(wire, s.real_done[:, :, b]) + modelled[:, :, b]
-        wire = np.where(present[:, :, b], released, wire)
+        here = present[:, :, b]
+        wire = np.where(here, np.maximum(wire, ready[:, :, b]) + modelled[:, :, b], wire)
+        release = np.maximum(last_release, np.maximum(wire, s.real_done[:, :, b]))
+        held += np.where(here, np.maximum(release - np.maximum(s.real_done[:, :, b], last_release), 0.0), 0.0)
+        last_release = np.where(here, release, last_release)
     any_bucket = present.any(axis=2)
     traced_last = np.where(any_bucket, np.nanmax(np.where(present, s.release, -np.inf), axis=2), 0.0)
     last_handover = np.where(any_bucket, np.nanmax(np.where(present, s.handover, -np.inf), axis=2), 0.0)
     finish = np.maximum(s.backward - traced_last, 0.0)  # DDP's own work after the last release
-    backward = np.where(any_bucket, np.maximum(wire, last_handover) + finish, s.backward)
+    backward = np.where(any_bucket, np.maximum(last_release, last_handover) + finish, s.backward)
     after = s.end - s.backward - _averaging(s, traced_workers, traced_link)  # optimizer and bookkeeping
     averaging = _averaging(s, workers, link)
     seconds = backward + np.maximum(after, 0.0) + averaging
-    comm = np.where(any_bucket, np.maximum(wire - last_handover, 0.0), 0.0) + averaging
+    comm = np.where(any_bucket, np.maximum(last_release - last_handover, 0.0), 0.0) + averaging
     link_time = modelled.sum(axis=2) + link_seconds(s.avg_collectives, s.avg_nbytes, workers, link)
-    # one wire: some collective is held at every instant of every modelled transfer
-    hold = modelled.sum(axis=2) + np.maximum(averaging - s.avg_real, 0.0)
+    hold = held + np.maximum(averaging - s.avg_real, 0.0)
     slowest = seconds.argmax(axis=1)
     pick = np.arange(len(seconds))
     return StepTimes(seconds[pick, slowest], comm.max(axis=1), link_time.max(axis=1), hold.max(axis=1))

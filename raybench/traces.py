@@ -1,8 +1,9 @@
 """The step-trace format, in one place: what a trace holds, where it lives, how it travels.
 
 Every trial records, per rank and per step, what replay needs to re-time the step under another
-link (see ``worker.comm.hook.StepRecord``): per gradient bucket its hand-over, the end of its real
-collective, its release to DDP and what it puts on the link; when backward returned, when the
+link (see ``worker.comm.hook.StepRecord``): per gradient bucket its hand-over, when every rank had
+handed it over (where the live link measured it), the end of its real collective, its release to
+DDP and what it puts on the link; when backward returned, when the
 step ended, and local SGD's parameter averaging. Times are seconds from the step's start on that
 rank's clock. One file per trial, ``results/<sweep>/_traces/<trial_id>.parquet`` (the leading
 ``_`` keeps it out of the epoch dataset), rewritten atomically after every epoch like the trial file.
@@ -33,6 +34,7 @@ SCHEMA = pa.schema([
     pa.field("backward", pa.float64()),  # backward() returned
     pa.field("end", pa.float64()),  # the next step began (or the epoch's timed part ended)
     pa.field("handover", pa.list_(pa.float64())),  # per bucket, in hand-over order
+    pa.field("ready", pa.list_(pa.float64())),  # every rank had handed it over; NaN: not measured
     pa.field("real_done", pa.list_(pa.float64())),
     pa.field("release", pa.list_(pa.float64())),
     pa.field("collectives", pa.list_(pa.int32())),
@@ -50,8 +52,17 @@ def to_table(epoch: int, ranks: Sequence[Sequence[Any]]) -> pa.Table:
     for rank, steps in enumerate(ranks):
         for step, rec in enumerate(steps):
             d = rec if isinstance(rec, Mapping) else asdict(rec)
+            d = {"ready": [float("nan")] * len(d["handover"])} | dict(d)
             rows.append({"epoch": epoch, "step": step, "rank": rank} | {k: d[k] for k in RECORD_FIELDS})
     return pa.Table.from_pylist(rows, schema=SCHEMA)
+
+
+def _conform(table: pa.Table) -> pa.Table:
+    """A trace in today's schema; a trace written before ``ready`` existed gets NaN (not measured)."""
+    if "ready" not in table.column_names:
+        nan = [[float("nan")] * len(h) for h in table["handover"].to_pylist()]
+        table = table.append_column("ready", pa.array(nan, pa.list_(pa.float64())))
+    return table.select(SCHEMA.names).cast(SCHEMA)
 
 
 def encode(table: pa.Table) -> str:
@@ -64,7 +75,7 @@ def encode(table: pa.Table) -> str:
 
 def decode(text: str) -> pa.Table:
     with pa.ipc.open_stream(pa.py_buffer(base64.b64decode(text))) as r:
-        return r.read_all().cast(SCHEMA)
+        return _conform(r.read_all())
 
 
 def path(sweep_dir: str | os.PathLike, trial_id: str) -> str | os.PathLike:
@@ -84,7 +95,7 @@ def read(where: str | os.PathLike) -> pa.Table | None:
     if not results.exists(where):
         return None
     fs, p = results._fs(where)
-    return results._read_table(fs, p).cast(SCHEMA)
+    return _conform(results._read_table(fs, p))
 
 
 def merged(before: pa.Table | None, epoch_table: pa.Table) -> pa.Table:

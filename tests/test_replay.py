@@ -42,16 +42,26 @@ def _steps(ranks, epoch=1):
     return replay.steps(traces.to_table(epoch, [[r] for r in ranks]))
 
 
-def test_replay_charges_each_bucket_from_its_real_end_on_one_wire():
-    # rank 0: bucket 0 released at 0.15 + 0.1 = 0.25; bucket 1 waits for the wire: 0.25 + 0.05 = 0.30;
-    # backward returns 0.01 after the last release (0.31), the optimizer takes 0.04: 0.35.
-    # rank 1: 0.30 + 0.005 + 0.035 = 0.34. The step is the slowest rank's.
+def test_replay_charges_each_bucket_from_when_every_rank_had_handed_it_over_on_one_wire():
+    # No measured ``ready``: every rank had handed bucket 0 over at 0.12 and bucket 1 at 0.20 (the
+    # latest rank's hand-over). rank 0: bucket 0's transfer 0.12 + 0.1 = 0.22 (its real end 0.15 is
+    # earlier); bucket 1 waits for the wire: 0.22 + 0.05 = 0.27; backward returns 0.01 after the last
+    # release (0.28), the optimizer takes 0.04: 0.32. rank 1: 0.27 + 0.005 + 0.035 = 0.31.
     s = _steps(UNLIMITED_STEP)
     t = replay.step_times(s, SLOW, 2, Link(), 2)
-    assert t.seconds.tolist() == pytest.approx([0.35])
+    assert t.seconds.tolist() == pytest.approx([0.32])
     assert t.modelled.tolist() == pytest.approx([0.15])
-    assert t.hold.tolist() == pytest.approx([0.15])  # one wire: held during both transfers
-    assert t.comm.tolist() == pytest.approx([0.12])  # rank 1: last release 0.30, last hand-over 0.18
+    assert t.hold.tolist() == pytest.approx([0.09])  # held from each real end (0.15, 0.25) to release (0.22, 0.27)
+    assert t.comm.tolist() == pytest.approx([0.09])  # rank 1: last release 0.27, last hand-over 0.18
+
+
+def test_a_measured_ready_time_starts_the_transfer_and_the_real_end_bounds_the_release():
+    measured = [dict(r, ready=[0.13, 0.21]) for r in UNLIMITED_STEP]  # a little after the latest hand-over
+    t = replay.step_times(_steps(measured), SLOW, 2, Link(), 2)
+    assert t.seconds.tolist() == pytest.approx([0.33])  # rank 0: 0.13 + 0.1 + 0.05, + 0.01 + 0.04
+    # a link so fast that the transfer ends before the real collective: the real end (0.25) stands
+    fast = replay.step_times(_steps(measured), Link(bandwidth_mbps=8000.0), 2, Link(), 2)
+    assert fast.seconds.tolist() == pytest.approx([0.30])
 
 
 def test_replay_at_the_traced_link_gives_the_measured_epoch_and_adds_the_difference_elsewhere():
@@ -59,7 +69,7 @@ def test_replay_at_the_traced_link_gives_the_measured_epoch_and_adds_the_differe
     (same,) = replay.epoch_times(s, Link(), 2, Link(), 2, {1: 0.31})
     (slow,) = replay.epoch_times(s, SLOW, 2, Link(), 2, {1: 0.31})
     assert same.epoch_seconds == pytest.approx(0.31)  # 0.30 of steps + 0.01 outside them
-    assert slow.epoch_seconds == pytest.approx(0.36)
+    assert slow.epoch_seconds == pytest.approx(0.33)  # 0.32 of steps + 0.01
 
 
 def test_a_held_trace_replays_back_to_the_unlimited_one():
@@ -105,7 +115,9 @@ def test_a_trace_missing_a_ranks_step_is_refused():
 
 def test_a_trace_travels_as_text_and_a_later_attempt_replaces_its_epochs():
     e1, e2 = traces.to_table(1, [[UNLIMITED_STEP[0]]]), traces.to_table(2, [[UNLIMITED_STEP[0]]])
-    assert traces.decode(traces.encode(e1)).equals(e1)
+    assert str(traces.decode(traces.encode(e1)).to_pylist()) == str(e1.to_pylist())  # NaN: not measured
+    old = traces.decode(traces.encode(e1.drop_columns(["ready"])))  # a trace written before ``ready``
+    assert str(old.to_pylist()) == str(e1.to_pylist())
     again = traces.to_table(2, [[UNLIMITED_STEP[1]]])
     merged = traces.merged(traces.merged(e1, e2), again)
     assert merged["epoch"].to_pylist() == [1, 2] and merged["backward"].to_pylist() == [0.26, 0.255]
@@ -139,16 +151,19 @@ def live(cifar_dir, tmp_path_factory):
     return out
 
 
-def test_the_live_hook_holds_each_bucket_its_modelled_time_after_its_real_collective(live):
+def test_the_live_hook_holds_each_bucket_from_when_every_rank_had_handed_it_over(live):
     t, rows, table = live["bandwidth"]
     link = Link(t.bandwidth_mbps, t.latency_ms)
     for rec in table.to_pylist():
         assert rec["release"] and rec["end"] >= rec["backward"] >= max(rec["release"])
         modelled = [2 * (2 - 1) / 2 * n * 8 / (link.bandwidth_mbps * 1e6) for n in rec["nbytes"]]
-        for done, rel, m in zip(rec["real_done"], rec["release"], modelled, strict=True):
-            assert rel - done >= m - 1e-6  # the transfer starts when the real collective has ended
-        # one wire: the last bucket is released no sooner than all transfers after the first one's end
-        assert rec["release"][-1] - rec["real_done"][0] >= sum(modelled) - 1e-6
+        for hand, ready, done, rel, m in zip(rec["handover"], rec["ready"], rec["real_done"], rec["release"], modelled,
+                                             strict=True):
+            assert hand <= ready  # measured: every rank, this one too, had handed the bucket over
+            # the transfer starts then (or at the real end, if that came first); never released before the real end
+            assert rel - min(ready, done) >= m - 1e-6 and rel >= done
+        # one wire: the last bucket is released no sooner than all transfers after the first one's start
+        assert rec["release"][-1] - min(rec["ready"][0], rec["real_done"][0]) >= sum(modelled) - 1e-6
     for row in rows:  # one wire: some collective is held during every modelled transfer, and no longer
         assert row["simulated_delay_seconds"] > 0
         assert row["simulated_hold_seconds"] == pytest.approx(row["simulated_delay_seconds"], rel=0.05)

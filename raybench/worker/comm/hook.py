@@ -1,10 +1,11 @@
 """The DDP communication hook that runs the real collective and applies the link model to it.
 
 The hook runs the real collective (a hook from torch.distributed.algorithms.ddp_comm_hooks: its
-compression, its all-reduces, its decompression), and when that has finished on this rank (so
-every rank has handed the bucket over, and compression compute has run), holds the result for
-the modelled link time. Buckets queue on the link one after another, as on a wire; the hold
-happens on a separate "wire" thread, so DDP keeps overlapping communication with the backward pass.
+compression, its all-reduces, its decompression) and models the link's transfer of the bucket from
+the moment every rank has handed it over (on gloo, a one-float all-reduce issued with the bucket
+tells when) or the wire is free, for the modelled link time; DDP gets the result when both the
+transfer and the real collective are done. Buckets queue on the link one after another, as on a
+wire; the wire is a separate thread, so DDP keeps overlapping communication with the backward pass.
 
 It also records the step trace that replay re-times (``StepRecord``, per step): when each bucket
 was handed over, when its real collective finished, when it was released, and what it sent.
@@ -36,14 +37,16 @@ class CommStats:
 class StepRecord:
     """One step on this rank, for replay; times in seconds from the step's start (this rank's clock).
 
-    Per bucket, in hand-over order: ``handover`` (DDP handed it to the hook), ``real_done`` (its real
-    collective, compression included, had finished), ``release`` (DDP got the result: ``real_done``
-    plus the hold), ``collectives`` and ``nbytes`` (what it puts on the link). ``backward``: when
+    Per bucket, in hand-over order: ``handover`` (DDP handed it to the hook), ``ready`` (every rank
+    had handed it over: a one-float all-reduce issued with it has finished; NaN where the link is not
+    modelled), ``real_done`` (its real collective, compression included, had finished), ``release``
+    (DDP got the result), ``collectives`` and ``nbytes`` (what it puts on the link). ``backward``: when
     ``backward()`` returned; ``end``: when the next step began. Local SGD's parameter averaging after
     the optimizer: ``avg_collectives``, ``avg_nbytes``, ``avg_real`` (its real duration).
     """
 
     handover: list[float]
+    ready: list[float]
     real_done: list[float]
     release: list[float]
     collectives: list[int]
@@ -57,7 +60,9 @@ class StepRecord:
 
 class _Wire(threading.Thread):
     """One wire per rank, off the backward thread: takes finished collectives in the order they
-    finished and hands each result to DDP at max(wire free, its real end) + its modelled time.
+    finished; each one's transfer starts when every rank had handed it over (its real end where that
+    is not measured) or the wire is free, and DDP gets the result when the transfer is done (never
+    before the real collective).
 
     On a GPU the real end is when the device has finished the collective (the wire's stream waits
     for the collective's streams, then the host waits for the wire's stream): a future can complete
@@ -90,7 +95,8 @@ class _Wire(threading.Thread):
             with lock:
                 if self.device is not None:
                     record[1] = time.perf_counter()
-                deadline = self.free_at = max(self.free_at, record[1]) + modelled
+                start = record[1] if record[5] != record[5] else min(record[5], record[1])  # NaN: not measured
+                deadline = self.free_at = max(self.free_at, start) + modelled
             wait = deadline - time.perf_counter()
             if wait > 0:
                 time.sleep(wait)
@@ -130,9 +136,12 @@ class LinkHook:
         self.device = device if device is not None and device.type == "cuda" else None
         self._lock = threading.Lock()
         self._wire: _Wire | None = None
+        # When every rank has handed a bucket over: a one-float all-reduce on gloo (whose futures
+        # complete when the data has moved; NCCL's complete at enqueue, so there the real end stands in).
+        self._ready_op = workers > 1 and dist.is_initialized() and dist.get_backend() == "gloo"
         self._stats = CommStats()
         self._step_start: float | None = None  # begin_step's time; None: no step open (set-up, evaluation)
-        self._buckets: list[list] = []  # this step's [handover, real_done, release, collectives, nbytes]
+        self._buckets: list[list] = []  # this step's [handover, real_done, release, collectives, nbytes, ready]
         self._counted = 0  # buckets of this step that end_step has counted
         self._avg = (0, 0, 0.0)  # this step's parameter averaging: collectives, bytes, real seconds
         self._backward = 0.0
@@ -150,8 +159,14 @@ class LinkHook:
         modelled = self.modelled_seconds(sizes)
         with self._lock:
             self._stats.simulated_delay_seconds += modelled
-            record = [ready, ready, ready, len(sizes) if self.workers > 1 else 0, sum(sizes)]
+            record = [ready, ready, ready, len(sizes) if self.workers > 1 else 0, sum(sizes), float("nan")]
             self._buckets.append(record)
+        if modelled and self._ready_op:  # issued just before the bucket's own, in the same order on every rank
+            def all_ready(_fut: torch.futures.Future) -> None:
+                t = time.perf_counter()
+                with self._lock:
+                    record[5] = t
+            dist.all_reduce(torch.zeros(1), async_op=True).get_future().add_done_callback(all_ready)
         real = self.inner(self.inner_state, bucket)
         if modelled == 0.0:
             def finished(fut: torch.futures.Future):
@@ -217,7 +232,8 @@ class LinkHook:
         t0 = self._step_start
         b = self._buckets
         self._trace.append(StepRecord(
-            handover=[r[0] - t0 for r in b], real_done=[r[1] - t0 for r in b], release=[r[2] - t0 for r in b],
+            handover=[r[0] - t0 for r in b], ready=[r[5] - t0 for r in b], real_done=[r[1] - t0 for r in b],
+            release=[r[2] - t0 for r in b],
             collectives=[r[3] for r in b], nbytes=[r[4] for r in b], backward=max(self._backward - t0, 0.0),
             end=now - t0, avg_collectives=self._avg[0], avg_nbytes=self._avg[1], avg_real=self._avg[2]))
         self._step_start, self._buckets, self._avg, self._backward = None, [], (0, 0, 0.0), 0.0
@@ -231,7 +247,7 @@ class LinkHook:
                 self._stats.comm_seconds += max(0.0, max(r[2] for r in step) - last_ready)
                 self._stats.steps += 1
             released = float("-inf")  # the hold: time during which some finished collective was held back
-            for _, done, release, _, _ in sorted(step, key=lambda r: r[2]):
+            for _, done, release, *_ in sorted(step, key=lambda r: r[2]):
                 self._stats.simulated_hold_seconds += max(0.0, release - max(done, released))
                 released = release
 
