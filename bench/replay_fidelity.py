@@ -77,8 +77,14 @@ def main() -> int:
     p.add_argument("--test-images", type=int, default=512)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--algorithms", nargs="+", default=list(PLAN), choices=list(PLAN))
+    p.add_argument("--bandwidths", type=float, nargs="+", help="allreduce's grid: these Mbit/s only")
+    p.add_argument("--latencies", type=float, nargs="+", help="allreduce's grid: these one-way ms only")
+    p.add_argument("--repeat", type=int, default=1, help="rounds of live and shaped runs (network_fidelity's --repeat)")
     p.add_argument("--skip-runs", action="store_true", help="only the tables, from an earlier --out")
     args = p.parse_args()
+    if args.bandwidths or args.latencies:
+        b, lat = PLAN["allreduce"]
+        PLAN["allreduce"] = (args.bandwidths or b, args.latencies or lat)
     out = Path(args.out).resolve()
     table = []
     for algorithm in args.algorithms:
@@ -90,7 +96,8 @@ def main() -> int:
                             "--out", str(where), "--algorithm", algorithm, "--epochs", str(args.epochs),
                             "--train-images", str(args.train_images), "--test-images", str(args.test_images),
                             "--batch", str(args.batch), "--bandwidths", *map(str, bandwidths),
-                            "--latencies", *map(str, latencies), "--no-link", "--no-collective"], check=True)
+                            "--latencies", *map(str, latencies), "--repeat", str(args.repeat), "--no-link",
+                            "--no-collective"], check=True)
             unlimited_run(where, args, algorithm)
         found, skipped = prediction.measured_trials(where / "results" / f"fidelity_sim_unlimited_{algorithm}")
         if not found:
