@@ -24,6 +24,7 @@ from pydantic import (
 from raybench.models import ARCHS, model_name
 from raybench.spec import yamlfile
 from raybench.spec.profile import LinkProfile, ProfileError, read_profile
+from raybench.spec.virtual import largest_divisor
 from raybench.spec.yamlfile import shown
 from raybench.worker.comm import ALGORITHMS
 
@@ -35,7 +36,8 @@ MAX_PROBLEMS = 10  # an error message lists at most this many problems of a swee
 SMOKE_TRAIN_IMAGES = 512
 SMOKE_TEST_IMAGES = 256
 SMOKE_EPOCHS = 2
-SMOKE_MAX_WORKERS = 2
+SMOKE_MAX_WORKERS = 2  # real workers; with max_processes set, processes (the workers stay, as virtual ones)
+CIFAR10_TRAIN_IMAGES = 50_000  # the training set's size when data.train_images is null
 
 
 class ConfigError(ValueError):
@@ -195,6 +197,7 @@ class SweepSpec(_Strict):
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100)]
     model: ModelGrid = ModelGrid()
     workers: Annotated[list[PosInt], Field(min_length=1)] = [1]
+    max_processes: PosInt | None = None  # [virtual] above this, workers run as virtual workers; null: never
     hardware: Annotated[list[Literal["cpu", "gpu"]], Field(min_length=1)] = ["cpu"]
     cpus_per_worker: PosInt = 1
     gpus_per_worker: Annotated[float, BeforeValidator(_gpu_share)] = 1.0  # hardware gpu only
@@ -222,6 +225,7 @@ class TrialSpec(_Strict):
     depth: int
     version: str
     workers: int
+    processes: int | None = None  # [virtual] processes running the workers (a divisor); None: one per worker
     hardware: str
     cpus_per_worker: int
     gpus_per_worker: float = 1.0  # GPUs per worker on a gpu trial; below 1, workers share a GPU (gloo)
@@ -248,6 +252,18 @@ class TrialSpec(_Strict):
     @property
     def global_batch(self) -> int:
         return self.schedule.batch_per_worker * self.workers
+
+    @property
+    def procs(self) -> int:  # [virtual] the processes (Ray Train workers) that run the trial
+        return self.processes or self.workers
+
+    @property
+    def virtual(self) -> int:  # [virtual] virtual workers per process: 1 for a real run
+        return self.workers // self.procs
+
+    @property
+    def train_images(self) -> int:  # the training set's size
+        return self.data.train_images or CIFAR10_TRAIN_IMAGES
 
 
 def _trial_id(arch: str, depth: int, version: str, workers: int, hardware: str, bw: float | None, lat: float,
@@ -287,6 +303,7 @@ def expand(spec: SweepSpec) -> list[TrialSpec]:
             link_overhead_ms=prof.overhead_at(workers) if prof else 0.0, link_profile=prof and prof.name,
             link_handshake_trips=prof.handshake_trips if prof else 0.0,
             arch=spec.model.arch, depth=depth, version=version, workers=workers, hardware=hardware,
+            processes=None if spec.max_processes is None else largest_divisor(workers, spec.max_processes),
             cpus_per_worker=spec.cpus_per_worker, gpus_per_worker=spec.gpus_per_worker,
             accelerator_type=spec.accelerator_type, precision=precision,
             bandwidth_mbps=bw_value, latency_ms=float(lat),
@@ -297,18 +314,21 @@ def expand(spec: SweepSpec) -> list[TrialSpec]:
 
 
 def smoke(trials: list[TrialSpec]) -> list[TrialSpec]:
-    """--smoke: at most 2 CPU workers (more are clamped to 2), a few hundred images, at most 2 epochs,
-    PowerSGD and local SGD starting after 2 steps; grid points that collapse onto the same smoke
-    trial are kept once."""
+    """--smoke: at most 2 CPU workers (more are clamped to 2; with ``max_processes``, the workers stay
+    and run on at most 2 processes, the batch shrunk to fit 512 images, at least 1), a few hundred
+    images, at most 2 epochs, PowerSGD and local SGD from step 2; duplicates are kept once."""
     out: dict[str, TrialSpec] = {}
     for t in trials:
-        workers = min(t.workers, SMOKE_MAX_WORKERS)
+        emulate = t.processes is not None  # [virtual]
+        workers = t.workers if emulate else min(t.workers, SMOKE_MAX_WORKERS)
+        batch = max(1, min(t.schedule.batch_per_worker, 64, SMOKE_TRAIN_IMAGES // workers))
         sched = t.schedule.model_copy(update={
             "epochs": min(t.schedule.epochs, SMOKE_EPOCHS),
             "warmup_epochs": min(t.schedule.warmup_epochs, 1),
-            "batch_per_worker": min(t.schedule.batch_per_worker, 64),
+            "batch_per_worker": batch,
         })
-        data = DataSubset(train_images=min(t.data.train_images or SMOKE_TRAIN_IMAGES, SMOKE_TRAIN_IMAGES),
+        train = max(min(t.data.train_images or SMOKE_TRAIN_IMAGES, SMOKE_TRAIN_IMAGES), workers * batch)
+        data = DataSubset(train_images=train,
                           test_images=min(t.data.test_images or SMOKE_TEST_IMAGES, SMOKE_TEST_IMAGES))
         trial_id = _trial_id(t.arch, t.depth, t.version, workers, "cpu", t.bandwidth_mbps, t.latency_ms, t.algorithm,
                              t.seed, t.precision, t.link_profile)
@@ -319,6 +339,7 @@ def smoke(trials: list[TrialSpec]) -> list[TrialSpec]:
                                                  "period": min(t.localsgd.period, 2)})
         out.setdefault(trial_id, t.model_copy(update={
             "workers": workers, "hardware": "cpu", "cpus_per_worker": 1, "accelerator_type": None,
+            "processes": largest_divisor(workers, min(t.processes, SMOKE_MAX_WORKERS)) if emulate else None,
             "schedule": sched, "data": data, "link_overhead_ms": overhead,
             "powersgd": powersgd, "localsgd": localsgd, "trial_id": trial_id}))
     return list(out.values())

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
+from raybench.spec.virtual import EMULATED_ALGORITHMS
 from raybench.worker import data as cifar
 
 if TYPE_CHECKING:
@@ -40,7 +41,7 @@ if TYPE_CHECKING:
 
     from raybench.spec.config import TrialSpec
 
-EMULATED_ALGORITHMS = ("allreduce",)
+__all__ = ["EMULATED_ALGORITHMS", "VirtualWorkers", "augmentation", "check"]
 
 Stream = tuple[torch.Tensor, torch.Generator]  # one worker's epoch: its shard's indices, its augmentation RNG
 

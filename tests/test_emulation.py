@@ -1,0 +1,85 @@
+"""The time columns of emulated trials (issue 13), by hand: the straggler rule and the replay of a
+virtual workers' trace. Pure: no torch, no Ray."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from raybench import emulation, replay, traces
+from raybench.worker.comm.link import Link
+
+SLOW = Link(bandwidth_mbps=8.0, latency_ms=0.5)
+
+
+def test_expected_max_is_the_maximum_of_p_draws_not_the_mean():
+    assert emulation.expected_max([1.0, 2.0, 6.0], 1) == pytest.approx(3.0)  # one draw: the mean
+    assert emulation.expected_max([1.0, 2.0], 3) == pytest.approx(2 - 1 / 8)  # all three draws 1: (1/2)^3
+    samples = np.random.default_rng(0).lognormal(0.0, 0.3, 200)
+    by_p = [emulation.expected_max(samples, p) for p in (1, 2, 8, 64, 1024)]
+    assert by_p == sorted(by_p) and by_p[0] < by_p[-1] <= samples.max()  # grows with p, never past the slowest
+    draws = np.random.default_rng(1).choice(samples, size=(20_000, 8)).max(axis=1)
+    assert emulation.expected_max(samples, 8) == pytest.approx(draws.mean(), rel=0.01)
+    with pytest.raises(ValueError, match="p >= 1"):
+        emulation.expected_max(samples, 0)
+
+
+def _record(t0: float, handover, real_done, release, backward, end, nbytes=(400_000, 200_000)):
+    """A step record whose times are ``t0`` later than the given ones (t0: earlier micro-batches)."""
+    shift = [t0 + x for x in handover], [t0 + x for x in real_done], [t0 + x for x in release]
+    return {"handover": shift[0], "real_done": shift[1], "release": shift[2], "collectives": [1] * len(nbytes),
+            "nbytes": list(nbytes), "backward": t0 + backward, "end": t0 + end, "avg_collectives": 0,
+            "avg_nbytes": 0, "avg_real": 0.0}
+
+
+# One worker's step: a 1.0 s micro-batch (its two buckets handed over at 0.9 and 0.95 s), the real
+# collective ending at 1.0 s, backward returning at 1.05 s, the optimizer until 1.2 s.
+ONE = dict(handover=[0.9, 0.95], real_done=[1.0, 1.0], release=[1.0, 1.0], backward=1.05, end=1.2)
+
+
+def _steps(ranks_steps: list[list[dict]]) -> replay.Steps:
+    return replay.steps(traces.to_table(1, ranks_steps))
+
+
+@pytest.mark.parametrize("link", [Link(), SLOW], ids=["unlimited", "slow"])
+@pytest.mark.parametrize("processes", [1, 2])
+def test_a_virtual_workers_trace_replays_as_the_real_workers_trace(link, processes):
+    """4 real workers, one micro-batch each per step, against 4 virtual workers on 1 (or 2)
+    processes, whose steps run 4 (2) micro-batches before the same hand-overs: the same epochs."""
+    p, steps = 4, 3
+    v = p // processes
+    real = _steps([[_record(0.0, **ONE) for _ in range(steps)] for _ in range(p)])
+    emulated = _steps([[_record((v - 1) * 1.0, **ONE) for _ in range(steps)] for _ in range(processes)])
+    outside = 0.02  # the epoch's time outside its steps, in both runs
+    real_measured = sum(replay.step_times(real, link, p, link, p).seconds) + outside
+    emu_measured = sum(replay.step_times(emulated, link, p, link, p).seconds) + outside
+    assert emu_measured == pytest.approx(real_measured + (v - 1) * steps)  # v micro-batches per step
+
+    (want,) = replay.epoch_times(real, link, p, link, p, {1: real_measured})
+    (got,) = emulation.epoch_times(emulated, v, link, p, {1: emu_measured})
+    assert got.epoch_seconds == pytest.approx(want.epoch_seconds)
+    assert got.comm_seconds == pytest.approx(want.comm_seconds)
+    assert got.simulated_delay_seconds == pytest.approx(want.simulated_delay_seconds)
+    assert got.simulated_hold_seconds == pytest.approx(want.simulated_hold_seconds)
+    assert got.steps == steps
+
+
+def test_each_workers_compute_at_p_is_the_slowest_of_p_draws():
+    """Micro-batches of 1 s in three steps of four and 2 s in one: at 16 workers nearly every step
+    has a straggler, at 1 worker one step in four."""
+    v = 4
+    computes = [1.0, 1.0, 1.0, 2.0]
+    trace = _steps([[_record((v - 1) * c, handover=[c], real_done=[c], release=[c], backward=c + 0.05,
+                             end=c + 0.2, nbytes=(400_000,)) for c in computes]])  # a collective of no time
+    m = emulation.micro_batch_seconds(trace, v)
+    assert m[:, 0].tolist() == pytest.approx([c + 0.05 / v for c in computes])
+
+    def epoch(p: int) -> float:
+        s = emulation.at_scale(trace, v, p)
+        return float(sum(replay.step_times(s, Link(), p, Link(), p).seconds))
+
+    # each step: the micro-batch's expected maximum (its 0.05 s after the collective included), then
+    # 0.15 s of optimizer
+    for p in (1, 4, 16):
+        assert epoch(p) == pytest.approx(4 * (emulation.expected_max(m[:, 0], p) + 0.15), rel=1e-9)
+    assert epoch(1) < epoch(4) < epoch(16) < 4 * (2.0 + 0.05 / v + 0.15) + 1e-9
+    assert epoch(1) == pytest.approx(4 * (np.mean(m) + 0.15))  # one worker: the mean
