@@ -37,7 +37,8 @@ def _col(arrow: pa.DataType, doc: str, *default: Any) -> Any:
 
 SOURCE_MEASURED = "measured"  # trained and timed here
 SOURCE_PREDICTED = "predicted"  # re-timed by replaying another trial's trace; accuracy from that trial
-SOURCES = (SOURCE_MEASURED, SOURCE_PREDICTED)
+SOURCE_EMULATED = "emulated"  # virtual workers: accuracy measured exactly, times replayed from the trial's own trace
+SOURCES = (SOURCE_MEASURED, SOURCE_PREDICTED, SOURCE_EMULATED)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -48,9 +49,10 @@ class EpochRow:
     sweep: str = _col(pa.string(), "sweep name")
     run_id: str = _col(pa.string(), "id of the sweep invocation that wrote the row")
     trial_id: str = _col(pa.string(), "stable id of the trial (its grid point)")
-    source: str = _col(pa.string(), "measured (trained and timed here) or predicted (times replayed from the "
-                       "trace of the trial in predicted_from, accuracy from that trial); null in files written "
-                       "before the column existed, which hold measured rows", SOURCE_MEASURED)
+    source: str = _col(pa.string(), "measured (trained and timed here), predicted (times replayed from the "
+                       "trace of the trial in predicted_from, accuracy from that trial) or emulated (virtual "
+                       "workers: accuracy measured, times replayed at the trial's workers from its own trace); "
+                       "null in files written before the column existed, which hold measured rows", SOURCE_MEASURED)
     predicted_from: str | None = _col(pa.string(), "trial id whose step trace was replayed; null for measured rows",
                                       None)
     model: str = _col(pa.string(), "architecture, e.g. resnet20_v1")

@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from raybench.spec import config as cfg
+from raybench.spec import virtual
 from raybench.worker import data as cifar
 
 EXIT_BAD_INPUT = 2
@@ -50,6 +51,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--replay", action="store_true",
                    help="train each configuration once, at the first link of the network grid, and fill the "
                         "grid's other links by replaying its step trace (rows marked source=predicted)")
+    p.add_argument("--num-cpus", type=int, metavar="N",
+                   help="start the local Ray with N logical CPUs (more than the machine has runs more workers at "
+                        "once, for functional checks; timings are then not meaningful); not with --address")
     p.add_argument("--verbose", action="store_true",
                    help="also show Ray's logs (Ray Train's per-report lines, Tune's INFO lines); by default the "
                         "console shows one line per epoch per trial")
@@ -156,6 +160,11 @@ def plan(args: argparse.Namespace) -> Plan:
     if args.concurrency < 1:
         raise cfg.ConfigError(f"--concurrency {args.concurrency}: must be 1 or more (1, the default, runs one "
                               "trial at a time)")
+    if args.num_cpus is not None and args.num_cpus < 1:
+        raise cfg.ConfigError(f"--num-cpus {args.num_cpus}: must be 1 or more")
+    if args.num_cpus is not None and args.address:
+        raise cfg.ConfigError(f"--num-cpus {args.num_cpus} with --address {args.address}: --num-cpus sizes the "
+                              "local Ray this command starts; a cluster has its own CPUs (leave one of them out)")
     if len(trials) > args.max_trials and not args.yes:
         raise cfg.ConfigError(f"{args.sweep}: the grid has {len(trials)} trials, more than --max-trials "
                               f"{args.max_trials}; pass --yes to run them all, or make the grid smaller")
@@ -179,14 +188,28 @@ def plan(args: argparse.Namespace) -> Plan:
         cifar.download_official(root)  # md5-checked; before Ray, so a bad download starts nothing
     if args.address:
         _check_address(args.address)
+        virtual.check_trials(trials, str(args.sweep))
     else:
-        check_fits(trials, local_capacity(), "this machine")
+        trials = fit_processes(trials, local_capacity(args.num_cpus))
+        virtual.check_trials(trials, str(args.sweep))
+        check_fits(trials, local_capacity(args.num_cpus), "this machine")
     return Plan(spec, trials, done, sweep_dir, root, local, replayed)
 
 
-def local_capacity() -> list[dict[str, float]]:
-    """What a local in-process Ray will have, known before it starts: one node."""
-    return [{"CPU": float(os.cpu_count() or 1), "GPU": float(local_gpus())}]
+def local_capacity(num_cpus: int | None = None) -> list[dict[str, float]]:
+    """What a local in-process Ray will have, known before it starts: one node (``--num-cpus`` CPUs)."""
+    return [{"CPU": float(num_cpus or os.cpu_count() or 1), "GPU": float(local_gpus())}]
+
+
+def fit_processes(trials: list[cfg.TrialSpec], nodes: list[dict[str, float]]) -> list[cfg.TrialSpec]:
+    """[virtual] Each trial whose sweep sets ``max_processes`` on at most as many processes as
+    ``nodes`` hold of its worker's bundle (the largest divisor of its workers that fits)."""
+    out = []
+    for t in trials:
+        share = t.gpus_per_worker if t.hardware == "gpu" else 0.0
+        bundle = {"CPU": float(t.cpus_per_worker)} | ({"GPU": share} if share else {})
+        out.append(virtual.with_processes(t, max(1, sum(_bundles_on(n, bundle) for n in nodes))))
+    return out
 
 
 def local_gpus() -> int:
@@ -210,8 +233,10 @@ def local_gpus() -> int:
 
 
 def trial_table(trials: list[cfg.TrialSpec]) -> str:
-    head = ("trial_id", "model", "workers", "hw", "bandwidth", "latency", "algorithm", "seed", "epochs", "batch")
-    rows = [(t.trial_id, t.model_name, str(t.workers), t.hardware,
+    head = ("trial_id", "model", "workers", "processes x virtual", "hw", "bandwidth", "latency", "algorithm", "seed",
+            "epochs", "batch")
+    rows = [(t.trial_id, t.model_name, str(t.workers),
+             f"{t.procs} x {t.virtual}", t.hardware,
              "unlimited" if t.bandwidth_mbps is None else f"{t.bandwidth_mbps:g} Mbit/s", f"{t.latency_ms:g} ms",
              t.algorithm, str(t.seed), str(t.schedule.epochs), str(t.global_batch)) for t in trials]
     widths = [max(len(r[i]) for r in rows + [head]) for i in range(len(head))]
@@ -234,28 +259,30 @@ def check_fits(trials: list[cfg.TrialSpec], nodes: list[dict[str, float]], where
     bundle (its CPUs and GPUs, which Ray places on one node) must fit some node."""
     total = {k: sum(n.get(k, 0.0) for n in nodes) for k in ("CPU", "GPU")}
     for t in trials:
-        cpus = t.workers * t.cpus_per_worker
+        n = t.procs  # [virtual] processes: the workers, or fewer running virtual workers
+        cpus = n * t.cpus_per_worker
         share = t.gpus_per_worker if t.hardware == "gpu" else 0.0
-        gpus = t.workers * share
+        gpus = n * share
         if gpus > total["GPU"] + 1e-9:
             raise cfg.ConfigError(
-                f"trial {t.trial_id}: hardware 'gpu' with {t.workers} workers needs {gpus:g} GPU(s); {where} has "
+                f"trial {t.trial_id}: hardware 'gpu' with {n} workers needs {gpus:g} GPU(s); {where} has "
                 f"{total['GPU']:g}. Use hardware: [cpu], or run on a cluster with GPUs (--address)")
         if cpus > total["CPU"]:
             raise cfg.ConfigError(
-                f"trial {t.trial_id}: workers {t.workers} x cpus_per_worker {t.cpus_per_worker} needs {cpus} CPUs; "
-                f"{where} has {total['CPU']:g}. Use fewer workers, --smoke, or a bigger cluster (--address)")
+                f"trial {t.trial_id}: workers {n} x cpus_per_worker {t.cpus_per_worker} needs {cpus} CPUs; "
+                f"{where} has {total['CPU']:g}. Use fewer workers, max_processes, --smoke, or a bigger cluster "
+                "(--address)")
         bundle = {"CPU": float(t.cpus_per_worker)} | ({"GPU": share} if share else {})
-        largest = max(nodes, key=lambda n: tuple(n.get(k, 0.0) for k in reversed(bundle)), default={})
-        if not any(_bundles_on(n, bundle) for n in nodes):
+        largest = max(nodes, key=lambda nd: tuple(nd.get(k, 0.0) for k in reversed(bundle)), default={})
+        if not any(_bundles_on(node, bundle) for node in nodes):
             raise cfg.ConfigError(
                 f"trial {t.trial_id}: one worker's bundle {_shown(bundle)} fits no single node of {where}; the "
                 f"largest has {_shown({k: largest.get(k, 0.0) for k in bundle})}. A worker's CPUs and GPUs must be "
                 f"on one node: lower cpus_per_worker or gpus_per_worker, or add bigger nodes")
-        held = sum(_bundles_on(n, bundle) for n in nodes)
-        if held < t.workers:
+        held = sum(_bundles_on(node, bundle) for node in nodes)
+        if held < n:
             raise cfg.ConfigError(
-                f"trial {t.trial_id}: {t.workers} workers of {_shown(bundle)} each; the nodes of {where} hold only "
+                f"trial {t.trial_id}: {n} workers of {_shown(bundle)} each; the nodes of {where} hold only "
                 f"{held} such bundles at once. Use fewer workers or smaller bundles, or add nodes")
 
 
@@ -279,6 +306,14 @@ def main(argv: list[str] | None = None) -> int:
         points = [(t.trial_id, trained) for trained, pts in p.replayed.items() for t in pts]
         print(f"--replay: {len(points)} more grid point(s) filled by replaying a trained trial's trace:")
         print("\n".join(f"  {point}  <- replay of {trained}" for point, trained in points))
+    if args.num_cpus is not None:
+        print(f"warning: --num-cpus {args.num_cpus}: the local Ray counts {args.num_cpus} logical CPUs (this machine "
+              f"has {os.cpu_count()}), so workers may share cores: the timings are not meaningful, use it for "
+              "functional checks only", file=sys.stderr)
+    emulated = [t for t in p.trials if t.virtual > 1]
+    if emulated:
+        print(f"{len(emulated)} trial(s) run as virtual workers (processes x virtual workers per process above): "
+              "their accuracy is measured, their times replayed at their worker count (rows source=emulated)")
     if args.concurrency > 1:
         print(f"warning: --concurrency {args.concurrency}: up to {args.concurrency} trials run at once and share "
               "the hardware (and the cluster's network), so their timings are not isolated; use --concurrency 1 "
@@ -296,7 +331,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:  # a cluster's resources are known only by asking it
         started = session.init_ray(args.address)
         try:
-            check_fits(p.trials, session.cluster_capacity(), f"the cluster at {args.address}")
+            nodes = session.cluster_capacity()
+            check_fits(fit_processes(p.trials, nodes), nodes, f"the cluster at {args.address}")
         except cfg.ConfigError as e:
             print(f"error: {e}", file=sys.stderr)
             return EXIT_BAD_INPUT
@@ -308,11 +344,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:6]
-    started = session.init_ray(args.address, verbose=args.verbose)
+    started = session.init_ray(args.address, num_cpus=args.num_cpus, verbose=args.verbose)
     grid = None
     try:
         if args.address:
-            check_fits(todo, session.cluster_capacity(), f"the cluster at {args.address}")
+            nodes = session.cluster_capacity()
+            todo = fit_processes(todo, nodes)  # [virtual] what the cluster holds, known now
+            virtual.check_trials(todo, str(args.sweep))
+            check_fits(todo, nodes, f"the cluster at {args.address}")
         print("\n".join(watch_lines(session.dashboard_lines(args.address), tune.tensorboard_dir(p.sweep_dir))),
               flush=True)
         grid = tune.run_sweep(todo, p.sweep_dir, str(p.data_root) if p.local_data else None,

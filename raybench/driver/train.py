@@ -49,7 +49,8 @@ def train_worker(config: dict[str, Any]) -> None:
     ``ray.train.report``, a restart starts from ``ray.train.get_checkpoint()``."""
     trial = TrialSpec.model_validate(config["trial"])
     ctx = ray.train.get_context()  # [ray]
-    worker = Worker(ctx.get_world_rank(), ctx.get_world_size(), ray.train.torch.get_device())  # [ray]
+    world = ctx.get_world_size()  # [ray] trial.procs processes, each running trial.workers / world (virtual) workers
+    worker = Worker(ctx.get_world_rank(), world, ray.train.torch.get_device(), trial.workers // world)  # [ray]
     torch.set_num_threads(trial.cpus_per_worker)
     ds = load(config["data"])
     unsent = [placement(worker)]  # goes to the driver with this attempt's first row

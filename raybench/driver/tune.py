@@ -50,14 +50,15 @@ def backend(trial: TrialSpec) -> str:
 
 
 def run_trial(config: dict[str, Any]) -> None:
-    """Tune function trainable: builds the trial's TorchTrainer and runs it to the end."""
+    """Tune function trainable: builds the trial's TorchTrainer and runs it to the end, with one Ray
+    Train worker per process (``trial.procs``: fewer than its workers when they run as virtual workers)."""
     trial = TrialSpec.model_validate(config["trial"])
     trainer = TorchTrainer(
         train_worker,
         train_loop_config=config,
         torch_config=TorchConfig(backend=backend(trial)),
         scaling_config=ScalingConfig(
-            num_workers=trial.workers, use_gpu=trial.hardware == "gpu",
+            num_workers=trial.procs, use_gpu=trial.hardware == "gpu",
             resources_per_worker=resources_per_worker(trial),
             accelerator_type=trial.accelerator_type if trial.hardware == "gpu" else None,
         ),

@@ -10,7 +10,9 @@ worker (``forward_sync_buffers=False``), as in MLBench's reference.
 
 A process may run several virtual workers in turn (``Worker.virtual``, ``worker.virtual``): each
 step then goes forward and backward over each one's micro-batch before the one optimizer step,
-and evaluation averages over all of them; with one (the default) it is the plain loop.
+and evaluation averages over all of them; with one (the default) it is the plain loop. The rows of
+such a run are ``emulated``: their time columns (and the time budget) are the replay of the
+epoch's own trace at the trial's workers (``raybench.emulation``), worked out on rank 0.
 """
 from __future__ import annotations
 
@@ -23,11 +25,12 @@ import pyarrow as pa
 import torch
 import torch.distributed as dist
 
-from raybench import traces
-from raybench.results import EpochRow
+from raybench import emulation, replay, traces
+from raybench.results import SOURCE_EMULATED, SOURCE_MEASURED, EpochRow
 from raybench.spec.config import TrialSpec
 from raybench.worker import checkpoint
 from raybench.worker import data as cifar
+from raybench.worker.comm.link import Link
 from raybench.worker.evaluation import consensus_model, evaluate
 from raybench.worker.setup import Setup, Worker, device_name, prepare
 
@@ -41,6 +44,18 @@ def _over_ranks(values: list[float], worker: Worker, op: dist.ReduceOp.RedOpType
     if worker.world > 1:
         dist.all_reduce(t, op=op)
     return t.tolist()
+
+
+def _emulated_times(trace: pa.Table | None, s: Setup, epoch: int, measured: float) -> list[float]:
+    """An emulated epoch's time columns (epoch, comm, delay, hold seconds) at the trial's workers,
+    from the epoch's trace on rank 0, sent to every rank."""
+    values = [0.0] * 4
+    if trace is not None:
+        t = s.trial
+        link = Link(t.bandwidth_mbps, t.latency_ms, t.link_overhead_ms)
+        (e,) = emulation.epoch_times(replay.steps(trace), s.worker.virtual, link, t.workers, {epoch: measured})
+        values = [e.epoch_seconds, e.comm_seconds, e.simulated_delay_seconds, e.simulated_hold_seconds]
+    return _over_ranks(values, s.worker)  # only rank 0's are non-zero
 
 
 def train_epoch(s: Setup, epoch: int, budget_left: float | None = None,
@@ -136,17 +151,21 @@ def run(trial: TrialSpec, worker: Worker, ds: cifar.Cifar10, run_id: str, report
     s = prepare(trial, worker, ds, restore)
     name = device_name(worker.device)
     budget, last_epoch_seconds, train_seconds = trial.goal.time_budget_s, None, s.train_seconds
+    emulated = worker.virtual > 1  # [virtual] times replayed at trial.workers; the budget is checked per epoch
 
     for epoch in range(s.start_epoch, trial.schedule.epochs + 1):
         # ---------------------------------------------------------------- train; agree on the times
         budget_left = None
-        if budget is not None and (last_epoch_seconds is None or train_seconds + 1.5 * last_epoch_seconds >= budget):
+        if budget is not None and not emulated and (last_epoch_seconds is None
+                                                    or train_seconds + 1.5 * last_epoch_seconds >= budget):
             budget_left = budget - train_seconds
         tr = train_epoch(s, epoch, budget_left, clock)
         epoch_seconds, comm_seconds, delay_seconds, hold_seconds = _over_ranks(
             [tr["seconds"], tr["comm_seconds"], tr["simulated_delay_seconds"], tr["simulated_hold_seconds"]], worker,
             dist.ReduceOp.MAX)
         trace = _gather_trace(tr["trace"], worker, epoch)
+        if emulated:  # [virtual]
+            epoch_seconds, comm_seconds, delay_seconds, hold_seconds = _emulated_times(trace, s, epoch, epoch_seconds)
         last_epoch_seconds = epoch_seconds
         train_seconds += epoch_seconds
 
@@ -162,6 +181,8 @@ def run(trial: TrialSpec, worker: Worker, ds: cifar.Cifar10, run_id: str, report
         # ---------------------------------------------------------------- the row and the checkpoint
         row = EpochRow(
             sweep=trial.sweep, run_id=run_id, trial_id=trial.trial_id, model=trial.model_name,
+            source=SOURCE_EMULATED if emulated else SOURCE_MEASURED,
+            predicted_from=trial.trial_id if emulated else None,  # [virtual] the trace its times come from
             depth=trial.depth, version=trial.version, algorithm=trial.algorithm,
             hardware=trial.hardware, device_name=name, workers=trial.workers,
             cpus_per_worker=trial.cpus_per_worker, precision=trial.precision,
