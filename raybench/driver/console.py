@@ -65,7 +65,10 @@ class Progress(tune.Callback):
         spec = trial.config["trial"]
         per = f"{spec['cpus_per_worker']} CPU" + (f" + {spec['gpus_per_worker']:g} GPU"
                                                    if spec["hardware"] == "gpu" else "")
-        self._print(f"{self._tag(spec['trial_id'])} {spec['trial_id']}  started: {spec['workers']} worker(s) x "
+        procs = spec.get("processes") or spec["workers"]
+        runs = f"{procs} worker(s)" if procs == spec["workers"] else \
+            f"{spec['workers']} virtual workers on {procs} process(es)"  # [virtual]
+        self._print(f"{self._tag(spec['trial_id'])} {spec['trial_id']}  started: {runs} x "
                     f"({per}), {spec['schedule']['epochs']} epoch(s)")
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
