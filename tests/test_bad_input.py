@@ -42,7 +42,7 @@ DROP = object()  # in a Case's sweep overrides: remove this key
 
 # A valid, tiny sweep: every case breaks one thing of it (or of the command line, or of the data).
 VALID: dict[str, Any] = {"name": "bad", "workers": [1], "schedule": {"epochs": 1},
-                         "data": {"train_images": 64, "test_images": 32}}
+                         "data": {"train_images": 128, "test_images": 32}}
 VALID_TRIAL = cfg.expand(cfg.parse(VALID))[0].trial_id  # resnet20v1_w1_cpu_bwinf_lat0_allreduce_s0
 BIG = max(64, 2 * (os.cpu_count() or 1))  # workers no machine running these tests has CPUs for
 
@@ -157,6 +157,7 @@ def _field(loc: str, value: str) -> tuple[str, ...]:
 
 
 NO_DATA = ("{sweep}", "--results", "{results}")
+SMALL_BATCH = {"epochs": 1, "batch_per_worker": 8}
 
 
 CASES = [
@@ -197,7 +198,20 @@ CASES = [
     Case("sweep-grid-over-max-trials", ("{sweep}", "4 trials", "--max-trials 2", "--yes"),
          {"workers": [1, 2], "seed": [0, 1]}, extra=("--max-trials", "2")),
     Case("sweep-more-cpus-than-machine", ("workers {big} x cpus_per_worker 1 needs {big} CPUs", "this machine"),
-         {"workers": [BIG]}),
+         {"workers": [BIG], "schedule": {"epochs": 1, "batch_per_worker": 1}, "data": {"train_images": BIG}}),
+    Case("sweep-step-over-the-training-set",
+         ("{sweep}", "workers 4 x schedule.batch_per_worker 64 = 256 images per step, more than data.train_images 128",
+          "allowed: workers x batch_per_worker <= 128"),
+         {"workers": [4], "schedule": {"epochs": 1, "batch_per_worker": 64}}),
+    Case("sweep-step-over-cifar10", ("workers 1024 x schedule.batch_per_worker 128 = 131,072 images per step",
+                                     "CIFAR-10's 50,000 training images", "<= 50,000"),
+         {"workers": [1024], "max_processes": 1, "data": {}}),
+    Case("sweep-emulated-powersgd", ("{sweep}", "algorithm 'powersgd' with workers 4 on 1 process(es)",
+                                     "virtual workers, which emulate allreduce only", "max_processes null"),
+         {"workers": [4], "max_processes": 1, "algorithm": ["powersgd"], "schedule": SMALL_BATCH}),
+    Case("sweep-emulated-localsgd", ("algorithm 'localsgd' with workers 8", "emulate allreduce only"),
+         {"workers": [8], "max_processes": 2, "algorithm": ["localsgd"], "schedule": SMALL_BATCH}),
+    Case("sweep-max-processes-0", _field("max_processes", "0"), {"max_processes": 0}),
     Case("sweep-gpu-on-cpu-machine", ("hardware 'gpu'", "needs 1 GPU(s)", "this machine has 0"),
          {"hardware": ["gpu"]},
          skip="this machine has a GPU" if torch.cuda.device_count() else None),
@@ -221,6 +235,9 @@ CASES = [
     Case("cli-max-failures-not-a-number", ("usage:", "argument --max-failures: invalid int value: 'lots'"),
          extra=("--max-failures", "lots")),
     Case("cli-max-trials-0", ("--max-trials 0", "1 or more"), extra=("--max-trials", "0")),
+    Case("cli-num-cpus-0", ("--num-cpus 0", "must be 1 or more"), extra=("--num-cpus", "0")),
+    Case("cli-num-cpus-with-address", ("--num-cpus 4 with --address 127.0.0.1:1", "leave one of them out"),
+         extra=("--num-cpus", "4", "--address", "127.0.0.1:1")),
     Case("cli-resume-nothing-to-resume", ("--resume", "nothing to resume in {results}/fresh"), {"name": "fresh"},
          extra=("--resume",)),
     # data

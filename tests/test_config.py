@@ -124,3 +124,39 @@ def test_dry_run_of_a_shared_gpu_sweep_on_a_cpu_machine_names_the_gpus_needed(tm
                           text=True, cwd=tmp_path)
     assert proc.returncode == 2
     assert "hardware 'gpu' with 3 workers needs 1.5 GPU(s); this machine has 0" in proc.stderr
+
+
+def test_max_processes_runs_the_workers_above_it_as_virtual_workers():
+    """Issue 13: k processes = the largest divisor of workers <= max_processes (then <= what the
+    machine holds); null: one process per worker, as before."""
+    from raybench import sweep
+    from raybench.spec import virtual
+
+    raw = {"name": "v", "workers": [1, 2, 6, 8, 1024], "max_processes": 4, "schedule": {"batch_per_worker": 16}}
+    trials = cfg.expand(cfg.parse(raw))
+    assert [(t.workers, t.procs, t.virtual) for t in trials] == [(1, 1, 1), (2, 2, 1), (6, 3, 2), (8, 4, 2),
+                                                                 (1024, 4, 256)]
+    assert [virtual.largest_divisor(n, lim) for n, lim in ((7, 4), (12, 5), (12, 100), (1, 1))] == [1, 4, 12, 1]
+    on_three = sweep.fit_processes(trials, [{"CPU": 2.0, "GPU": 0.0}, {"CPU": 1.0, "GPU": 0.0}])
+    assert [t.procs for t in on_three] == [1, 2, 3, 2, 2]
+    assert [t.trial_id for t in on_three] == [t.trial_id for t in trials]  # the same grid points
+    plain = cfg.expand(cfg.parse(raw | {"max_processes": None}))
+    assert {t.processes for t in plain} == {None} and [t.procs for t in plain] == raw["workers"]
+    assert sweep.fit_processes(plain, [{"CPU": 2.0}]) == plain  # no max_processes: never emulated
+
+
+def test_smoke_of_the_scale_sweep_keeps_its_workers_on_two_processes():
+    trials = cfg.smoke(cfg.expand(cfg.load("scale")))
+    assert len(trials) == 66 and {t.workers for t in trials} == {2**i for i in range(11)}
+    for t in trials:
+        assert t.procs == min(t.workers, 2) and t.procs * t.virtual == t.workers
+        assert t.workers * t.schedule.batch_per_worker <= t.data.train_images <= max(512, t.workers)
+        assert t.schedule.epochs == 2 and t.schedule.batch_per_worker == min(32, max(1, 512 // t.workers))
+
+
+def test_the_scale_sweep_is_resnet20_from_1_to_1024_workers_over_six_links():
+    spec = cfg.load("scale")
+    assert spec.workers == [2**i for i in range(11)] and spec.schedule.batch_per_worker == 32
+    assert (spec.model.depth, spec.model.version, spec.goal.target_top1) == ([20], ["v1"], 0.80)
+    assert spec.network.bandwidth_mbps == [1000, 10000, 100000] and spec.network.latency_ms == [0.005, 0.05]
+    assert spec.max_processes == 1024 and max(spec.workers) * 32 <= 50_000

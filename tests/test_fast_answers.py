@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -29,7 +30,7 @@ LAUNCHER = (
     f"    json.dumps(sorted(m for m in {HEAVY!r} if m in sys.modules))))\n"
     "runpy.run_module('raybench.sweep', run_name='__main__', alter_sys=True)\n"
 )
-VALID = {"name": "fast", "workers": [1], "schedule": {"epochs": 1}, "data": {"train_images": 64, "test_images": 32}}
+VALID = {"name": "fast", "workers": [1], "schedule": {"epochs": 1}, "data": {"train_images": 128, "test_images": 32}}
 
 
 def _cli(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> tuple[subprocess.CompletedProcess, list]:
@@ -46,7 +47,10 @@ def work(tmp_path_factory, cifar_dir) -> dict[str, str]:
     base = tmp_path_factory.mktemp("fast")
     good = write_sweep(base / "good.yaml", **VALID)
     bad_depth = write_sweep(base / "depth.yaml", **(VALID | {"model": {"arch": "resnet", "depth": [18]}}))
-    big = write_sweep(base / "big.yaml", **(VALID | {"workers": [4 * (os.cpu_count() or 1)]}))
+    big = write_sweep(base / "big.yaml", **(VALID | {"workers": [4 * (os.cpu_count() or 1)],
+                                                     "data": {"train_images": 512 * (os.cpu_count() or 1)}}))
+    emulated = write_sweep(base / "emulated.yaml", **(VALID | {"workers": [4, 8], "max_processes": 2,
+                                                               "data": {"train_images": 1024}}))
     broken = base / "broken" / cifar.BATCHES
     broken.mkdir(parents=True)
     for name in cifar.TRAIN_FILES + cifar.TEST_FILES:
@@ -54,8 +58,9 @@ def work(tmp_path_factory, cifar_dir) -> dict[str, str]:
     (broken / "test_batch").unlink()
     (broken / "test_batch").write_bytes(b"not a pickle")
     (base / "blocker").write_text("a file where a folder should be")
-    return {"base": str(base), "good": str(good), "depth": str(bad_depth), "big": str(big),
-            "data": str(cifar_dir), "broken": str(broken.parent), "blocker": str(base / "blocker")}
+    return {"base": str(base), "good": str(good), "depth": str(bad_depth), "big": str(big), "emulated": str(emulated),
+            "data": str(cifar_dir), "broken": str(broken.parent), "blocker": str(base / "blocker"),
+            "cpus4": str(4 * (os.cpu_count() or 1))}
 
 
 # id -> (arguments, exit code, what stderr (or, for 0, stdout) must hold)
@@ -69,6 +74,12 @@ CASES = {
                 ["--results {blocker}/r", "is a file, not a folder"]),
     "data-file": (["{good}", "--data", "{broken}"], 2, ["test_batch", "not a readable CIFAR-10 batch file"]),
     "capacity": (["{big}", "--data", "{data}"], 2, ["needs", "CPUs; this machine has", "Use fewer workers"]),
+    "dry-run-emulated": (["{emulated}", "--dry-run", "--data", "{data}"], 0,
+                         ["resnet20v1_w4", "2 x 2", "resnet20v1_w8", "2 x 4", "2 trial(s) run as virtual workers"]),
+    "dry-run-scale": (["scale", "--smoke", "--dry-run"], 0,  # issue 13, must-show 2
+                      ["sweep scale: 66 trial(s)", "processes x virtual", "54 trial(s) run as virtual workers"]),
+    "num-cpus-dry-run": (["{big}", "--dry-run", "--num-cpus", "{cpus4}", "--data", "{data}"], 0,
+                         ["sweep fast: 1 trial(s)"]),
     "address": (["{good}", "--data", "{data}", "--address", "127.0.0.1:9"], 2,
                 ["--address 127.0.0.1:9", "nothing answers there"]),
 }
@@ -92,6 +103,22 @@ def test_answers_without_torch_or_ray(case, answers, work):
     if code:
         assert "Traceback" not in proc.stderr and proc.stderr.startswith("error: "), proc.stderr
     assert imported == [], f"{case} imported {imported}"
+
+
+def test_scale_smoke_dry_run_lists_how_each_trial_runs_up_to_1024_workers(answers):
+    """Issue 13, must-show 2: every trial of `scale --smoke --dry-run` with its processes x virtual
+    workers per process (this machine's CPUs decide; on 2 cores, 4 workers and more run on 2)."""
+    (proc, _) = answers["dry-run-scale"]
+    lines = proc.stdout.splitlines()
+    head = re.split(r"\s{2,}", lines[1].strip())
+    rows = [dict(zip(head, re.split(r"\s{2,}", line.strip()), strict=True)) for line in lines[2:68]]
+    runs = {int(r["workers"]): r["processes x virtual"] for r in rows}
+    assert sorted(runs) == [2**i for i in range(11)]
+    held = os.cpu_count() or 1
+    for workers, shown in runs.items():
+        k = max(d for d in range(1, min(workers, held) + 1) if workers % d == 0)
+        assert shown == f"{k} x {workers // k}", (workers, shown)
+    assert int(runs[1024].split(" x ")[1]) >= 1024 // held
 
 
 def test_the_launcher_sees_an_import_of_torch(tmp_path):
