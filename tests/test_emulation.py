@@ -83,3 +83,34 @@ def test_each_workers_compute_at_p_is_the_slowest_of_p_draws():
         assert epoch(p) == pytest.approx(4 * (emulation.expected_max(m[:, 0], p) + 0.15), rel=1e-9)
     assert epoch(1) < epoch(4) < epoch(16) < 4 * (2.0 + 0.05 / v + 0.15) + 1e-9
     assert epoch(1) == pytest.approx(4 * (np.mean(m) + 0.15))  # one worker: the mean
+
+
+def test_an_emulated_trial_is_replayed_to_other_links_from_its_single_workers_steps(tmp_path):
+    """``predict`` and ``sweep --replay`` take an emulated trial's trace as its single workers' steps:
+    replayed at its own link, it gives back its rows' times; on a slower link, longer ones."""
+    from raybench import results
+    from raybench.analysis import prediction
+
+    import rows
+
+    p, v, steps = 4, 4, 3
+    spec = rows.trial(workers=[p], max_processes=1, network={"bandwidth_mbps": [1000], "latency_ms": [0.05]},
+                      data={"train_images": p * 128 * steps})
+    assert (spec.procs, spec.virtual) == (1, v)
+    table = traces.to_table(1, [[_record((v - 1) * 1.0, **ONE) for _ in range(steps)]])
+    link = Link(1000, 0.05)
+    measured = float(sum(replay.step_times(replay.steps(table), link, p, link, p).seconds)) + 0.02
+    (e,) = emulation.epoch_times(replay.steps(table), v, link, p, {1: measured})
+    epoch = [r | {"source": results.SOURCE_EMULATED, "predicted_from": spec.trial_id}
+             for r in rows.epoch_rows(spec, [0.3], epoch_seconds=e.epoch_seconds)]
+    rows.write(tmp_path, spec, epoch)
+    traces.write(traces.path(tmp_path, spec.trial_id), table)
+
+    (m,), skipped = prediction.measured_trials(tmp_path)
+    assert skipped == [] and m.spec.trial_id == spec.trial_id
+    _, same = prediction.predict(m, link, p, "run")
+    assert same[0]["epoch_seconds"] == pytest.approx(e.epoch_seconds)
+    assert same[0]["epoch_seconds"] < measured - 2.9 * steps  # not the emulation's own 4 micro-batches per step
+    spec_slow, slow = prediction.predict(m, SLOW, p, "run")
+    assert slow[0]["epoch_seconds"] > e.epoch_seconds and slow[0]["source"] == results.SOURCE_PREDICTED
+    assert slow[0]["predicted_from"] == spec.trial_id and spec_slow.processes is None

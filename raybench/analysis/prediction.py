@@ -18,7 +18,7 @@ from typing import Any
 
 import pandas as pd
 
-from raybench import replay, results, traces
+from raybench import emulation, replay, results, traces
 from raybench.analysis import metrics
 from raybench.spec import config as cfg
 from raybench.spec.schedule import peak_lr
@@ -42,14 +42,15 @@ class Measured:
 
 
 def measured_trials(path) -> tuple[list[Measured], list[str]]:
-    """The complete measured trials under ``path`` that have a step trace, and a note for each
-    trial left out (and why)."""
+    """The complete measured (or emulated) trials under ``path`` that have a step trace, and a note
+    for each trial left out (and why). An emulated trial's trace is taken as its single workers'
+    steps at its worker count (``emulation.at_scale``), which its rows' times replay."""
     found, skipped = [], []
     for t in results.read_trials(path):
         if not t.rows:
             continue
         trial_id = t.rows[0]["trial_id"]
-        if any(r.get("source") not in (None, results.SOURCE_MEASURED) for r in t.rows):
+        if any(r.get("source") not in (None, results.SOURCE_MEASURED, results.SOURCE_EMULATED) for r in t.rows):
             continue
         if t.meta.get(results.META_STATUS.decode()) != results.STATUS_COMPLETE:
             skipped.append(f"{trial_id}: not complete ({t.meta.get(results.META_STATUS.decode(), 'no status')})")
@@ -60,7 +61,10 @@ def measured_trials(path) -> tuple[list[Measured], list[str]]:
             continue
         spec = cfg.TrialSpec.model_validate_json(t.meta[results.META_CONFIG.decode()])
         rows = sorted(t.rows, key=lambda r: r["epoch"])
-        found.append(Measured(spec, rows, replay.steps(table), t.meta))
+        steps = replay.steps(table)
+        if spec.virtual > 1:  # [virtual] the trace of processes running several workers each
+            steps = emulation.at_scale(steps, spec.virtual, spec.workers)
+        found.append(Measured(spec, rows, steps, t.meta))
     return found, skipped
 
 
@@ -71,7 +75,7 @@ def predicted_spec(spec: cfg.TrialSpec, link: Link, workers: int, point: cfg.Tri
         return point.model_copy(update={"trial_id": point.trial_id + PREDICTED_SUFFIX})
     grid_id = cfg._trial_id(spec.arch, spec.depth, spec.version, workers, spec.hardware, link.bandwidth_mbps,
                             link.latency_ms, spec.algorithm, spec.seed, spec.precision)
-    return spec.model_copy(update={"workers": workers, "bandwidth_mbps": link.bandwidth_mbps,
+    return spec.model_copy(update={"workers": workers, "processes": None, "bandwidth_mbps": link.bandwidth_mbps,
                                    "latency_ms": link.latency_ms, "link_overhead_ms": link.overhead_ms,
                                    "link_profile": None, "link_handshake_trips": 0.0,
                                    "trial_id": grid_id + PREDICTED_SUFFIX})
@@ -134,7 +138,7 @@ def write(folder, m: Measured, spec: cfg.TrialSpec, rows: list[dict[str, Any]]) 
 # ---------------------------------------------------------------- checking predictions against measurements
 
 _LINK_AND_WORKERS = {"trial_id", "bandwidth_mbps", "latency_ms", "link_overhead_ms", "link_profile",
-                     "link_handshake_trips", "workers"}
+                     "link_handshake_trips", "workers", "processes"}
 
 
 def _same_config(a: cfg.TrialSpec, b: cfg.TrialSpec) -> bool:
