@@ -55,7 +55,8 @@ def _html_checks(out: Path, pngs: list[str]) -> str:
 def test_scaling_sweep_report(scaling_run):
     specs, out, run = scaling_run
     assert run.returncode == 0, run.stderr
-    pngs = ["accuracy_vs_time.png", "scaling.png", "compute_comm.png"]
+    pngs = ["accuracy_vs_time.png", "scaling.png", "tta_vs_workers.png", "epochs_vs_global_batch.png",
+            "compute_comm.png"]
     for name in pngs:
         assert (out / name).read_bytes().startswith(PNG_MAGIC)
     assert not list(out.glob("time_vs_*.png"))  # no network parameter was swept
@@ -76,7 +77,8 @@ def test_summary_line_matches_the_synthetic_trial(scaling_run):
 def test_bandwidth_sweep_report(network_run):
     specs, out, run = network_run
     assert run.returncode == 0, run.stderr
-    pngs = ["accuracy_vs_time.png", "scaling.png", "time_vs_bandwidth.png", "compute_comm.png"]
+    pngs = ["accuracy_vs_time.png", "scaling.png", "tta_vs_workers.png", "epochs_vs_global_batch.png",
+            "time_vs_bandwidth.png", "compute_comm.png"]
     for name in pngs:
         assert (out / name).read_bytes().startswith(PNG_MAGIC)
     assert not (out / "time_vs_latency.png").exists()  # latency was not swept
@@ -155,3 +157,30 @@ def test_precision_swept_with_workers_has_a_baseline_per_precision(tmp_path, cap
     assert pairs == [("bf16", 1), ("bf16", 2), ("fp32", 1), ("fp32", 2)]
     assert (per_epoch["baseline_seconds"] == 40.0).all()  # each its own precision's 1-worker trial (40 s epochs)
     assert (tmp_path / "o" / "scaling.png").exists()
+
+
+def test_emulated_trials_scale_against_the_measured_one_and_are_drawn_hollow(tmp_path, capsys):
+    """Issue 13: trials of 4 to 64 workers emulated (virtual workers), 1 and 2 measured: one
+    configuration, speedup against the measured 1-worker trial; the points are drawn hollow."""
+    from raybench.analysis import metrics, plots
+
+    folder = tmp_path / "r"
+    specs = scaling_sweep(folder, workers=(1, 2, 4, 16, 64))
+    for spec in specs[2:]:  # rewrite as the loop writes an emulated trial's rows
+        path = results.trial_path(folder, spec.trial_id)
+        rows, _ = results.read_trial(path)
+        write(folder, spec, [r | {"source": results.SOURCE_EMULATED, "predicted_from": spec.trial_id} for r in rows])
+    res = results.load(folder)
+    scal = metrics.scaling(res.rows, metrics.seconds_per_epoch)
+    assert sorted(scal["workers"]) == [1, 2, 4, 16, 64] and set(scal["source"]) == {"measured"}
+    by = scal.set_index("workers")
+    assert by["speedup"][1] == 1.0 and by["speedup"][64] == pytest.approx(by["seconds"][1] / by["seconds"][64])
+    hollow = plots._hollow(res.rows)
+    assert [hollow[(s.sweep, s.trial_id)] for s in specs] == [False, False, True, True, True]
+    fig = plots.plot_time_vs_workers(res.rows, {(s.sweep, s.trial_id): 0.5 for s in specs})
+    points = [(len(col.get_facecolors()) == 0, len(col.get_offsets())) for ax in fig.axes for col in ax.collections]
+    assert sum(n for hollow, n in points if hollow) == 2 * 3  # per panel: 4, 16 and 64 workers hollow
+    assert sum(n for hollow, n in points if not hollow) == 2 * 2  # 1 and 2 workers filled
+    assert report.main([str(folder), "--out", str(tmp_path / "o")]) == 0
+    assert (tmp_path / "o" / "epochs_vs_global_batch.png").read_bytes().startswith(PNG_MAGIC)
+    assert "no 1-worker trial" not in capsys.readouterr().out

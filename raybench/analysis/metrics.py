@@ -148,8 +148,18 @@ def describe_config(config: Mapping) -> str:
     return ", ".join(parts)
 
 
+def trained_here(source) -> str:
+    """The source a configuration is grouped by: emulated trials (virtual workers, trained here,
+    accuracy measured) scale against the measured ones; predicted trials form their own groups."""
+    return "measured" if source in (None, "emulated") or (isinstance(source, float) and math.isnan(source)) \
+        else source
+
+
 def _config_groups(rows: pd.DataFrame):
-    """(config dict, rows) per configuration; an unlimited bandwidth (null) is a value like any other."""
+    """(config dict, rows) per configuration; an unlimited bandwidth (null) is a value like any other;
+    emulated and measured trials are one configuration (``trained_here``)."""
+    if "source" in rows:
+        rows = rows.assign(source=rows["source"].map(trained_here))
     for key, group in rows.groupby(list(CONFIG_KEY), sort=True, dropna=False):
         yield dict(zip(CONFIG_KEY, key, strict=True)), group
 

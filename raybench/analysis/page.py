@@ -48,8 +48,14 @@ def build(res: results.Results, target: float | None = None, budget: float | Non
                 notes.append("speedup by time to target: not measurable (a trial of each pair did not reach "
                              "its target); time per epoch is shown")
             figures.append(("scaling.png", "Speedup and scaling efficiency against workers; solid: time to "
-                            "target, dashed: time per epoch; dotted black: ideal.",
+                            "target, dashed: time per epoch; dotted black: ideal; hollow: emulated or predicted.",
                             plots.png_bytes(plots.plot_scaling(scal, rows))))
+        figures.append(("tta_vs_workers.png", "Time to target and time per epoch against workers; hollow points: "
+                        "times emulated (virtual workers) or predicted (replayed), filled: measured.",
+                        plots.png_bytes(plots.plot_time_vs_workers(rows, targets))))
+        figures.append(("epochs_vs_global_batch.png", "Epochs to the target against the global batch (trained "
+                        "trials: measured and emulated).",
+                        plots.png_bytes(plots.plot_epochs_vs_global_batch(rows, targets))))
 
     for field, name in (("bandwidth_mbps", "bandwidth"), ("latency_ms", "latency")):
         if tables.swept(rows, field):

@@ -101,6 +101,34 @@ def plot_accuracy_vs_time(rows: pd.DataFrame, targets: dict, budgets: dict):
     return fig
 
 
+HOLLOW = ("emulated", "predicted")  # points whose times are not measured: drawn hollow
+
+
+def _hollow(rows: pd.DataFrame) -> dict[Key, bool]:
+    """Per trial: whether its times are predicted (replayed) or emulated (virtual workers)."""
+    firsts = rows.drop_duplicates(list(TRIAL_KEY))
+    return {(r["sweep"], r["trial_id"]): r["source"] in HOLLOW for _, r in firsts.iterrows()}
+
+
+def _points(ax, g: pd.DataFrame, x: str, y: str, colour: str, label: str | None, linestyle: str = "-") -> None:
+    """A line through ``g``'s points, measured ones filled, emulated or predicted ones (``hollow``) hollow."""
+    pts = g.dropna(subset=[y]).sort_values(x)
+    if pts.empty:
+        return
+    ax.plot(pts[x], pts[y], color=colour, linestyle=linestyle, label=label or None)
+    for hollow, part in pts.groupby("hollow"):
+        ax.scatter(part[x], part[y], s=22, zorder=3, edgecolors=colour, linewidths=1.2,
+                   facecolors="none" if hollow else colour)
+
+
+def _workers_axis(ax, workers: Sequence[int]) -> None:
+    if max(workers) / min(workers) >= 16:
+        ax.set_xscale("log", base=2)
+    ax.set_xticks(list(workers), [str(w) for w in workers])
+    ax.set_xlabel("workers (data-parallel; emulated and predicted points hollow)")
+    ax.grid(True, alpha=0.3)
+
+
 def plot_scaling(scal: pd.DataFrame, rows: pd.DataFrame):
     """Speedup and efficiency against workers, per configuration and time metric, with the ideal."""
     fig = _figure(10.0, 4.5)
@@ -112,19 +140,22 @@ def plot_scaling(scal: pd.DataFrame, rows: pd.DataFrame):
               "efficiency 100%)")
     ax_e.axhline(100, color="black", linewidth=1, linestyle=":")
     colours = {}
+    hollow = _hollow(rows)
     for (metric, *_), g in scal.groupby(["metric"] + list(metrics.CONFIG_KEY), sort=False, dropna=False):
         g = g.sort_values("workers").dropna(subset=["speedup"])
         if g.empty:
             continue
+        g = g.assign(hollow=[hollow.get((s, t), False) for s, t in zip(g["sweep"], g["trial_id"], strict=True)],
+                     efficiency_pct=100 * g["efficiency"])
         config_label = names[(g["sweep"].iloc[0], g["trial_id"].iloc[0])]
-        colour = colours.setdefault(config_label, f"C{len(colours)}")
+        colour = colours.setdefault(config_label, f"C{len(colours) % 10}")
         label = f"{config_label} ({metric})" if config_label else metric
-        ax_s.plot(g["workers"], g["speedup"], marker="o", linestyle=styles[metric], color=colour, label=label)
-        ax_e.plot(g["workers"], 100 * g["efficiency"], marker="o", linestyle=styles[metric], color=colour)
+        _points(ax_s, g, "workers", "speedup", colour, label, styles[metric])
+        _points(ax_e, g, "workers", "efficiency_pct", colour, None, styles[metric])
     for ax in (ax_s, ax_e):
-        ax.set_xlabel("workers (data-parallel processes)")
-        ax.set_xticks(workers)
-        ax.grid(True, alpha=0.3)
+        _workers_axis(ax, workers)
+    if max(workers) / min(workers) >= 16:
+        ax_s.set_yscale("log", base=2)
     handles, texts = ax_s.get_legend_handles_labels()
     fig.legend(handles, texts, fontsize="small", loc="outside lower center", ncols=min(3, len(handles)))
     ax_s.set_ylabel("speedup over 1 worker (x)")
@@ -213,4 +244,72 @@ def plot_compute_comm(rows: pd.DataFrame):
     ax.set_xlim(0, 1.2 * max(c + m + d for c, m, d in zip(compute, measured, delay, strict=True)) or 1.0)
     ax.grid(True, axis="x", alpha=0.3)
     fig.legend(*ax.get_legend_handles_labels(), fontsize="small", loc="outside lower center", ncols=3)
+    return fig
+
+
+def plot_time_vs_workers(rows: pd.DataFrame, targets: dict):
+    """Time to target and time per epoch against workers, one line per configuration (and link);
+    emulated (virtual workers) and predicted points hollow."""
+    fig = _figure(10.0, 4.5)
+    ax_t, ax_e = fig.subplots(1, 2)
+    names = labels(rows, exclude=("workers", "source", "batch_per_worker"))
+    hollow = _hollow(rows)
+    to_target = time_metrics(targets)[0][2]
+    frame = pd.DataFrame([{"series": names[key], "workers": int(g["workers"].iloc[0]), "target": to_target(g),
+                           "epoch": metrics.seconds_per_epoch(g), "hollow": hollow[key]}
+                          for key, g in metrics.trials(rows)])
+    for i, (series, g) in enumerate(frame.groupby("series", sort=True)):
+        for ax, col in ((ax_t, "target"), (ax_e, "epoch")):
+            _points(ax, g, "workers", col, line_style(i)["color"], series if ax is ax_e else None,
+                    line_style(i)["linestyle"])
+    for ax in (ax_t, ax_e):
+        _workers_axis(ax, sorted(frame["workers"].unique()))
+        ax.set_yscale("log")
+    if frame["target"].isna().all():
+        ax_t.text(0.5, 0.5, "no trial reached its target", transform=ax_t.transAxes, ha="center", va="center")
+    ax_t.set_ylabel("time to target top-1 (s of training)")
+    ax_t.set_title("Time to accuracy target against workers")
+    ax_e.set_ylabel("training time per epoch (s)")
+    ax_e.set_title("Time per epoch against workers")
+    handles, texts = ax_e.get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, texts, fontsize="small", loc="outside lower center", ncols=min(3, len(handles)))
+    return fig
+
+
+def epochs_to_target(rows: pd.DataFrame, target: float | None) -> int | None:
+    """The first epoch whose test top-1 reaches ``target`` (one trial's rows), or None."""
+    hit = rows[rows["test_top1"] >= target].sort_values("epoch") if target is not None else rows.iloc[0:0]
+    return None if hit.empty else int(hit["epoch"].iloc[0])
+
+
+def plot_epochs_vs_global_batch(rows: pd.DataFrame, targets: dict):
+    """The large-batch effect: epochs to the target against the global batch, from the trials that
+    trained (measured and emulated; a predicted trial's accuracy is another trial's). The link does
+    not change the arithmetic, so each configuration's global batch is one point."""
+    fig = _figure()
+    ax = fig.add_subplot()
+    trained = rows[~rows["source"].isin(["predicted"])]
+    names = labels(trained, exclude=("workers", "source", "bandwidth_mbps", "latency_ms", "batch_per_worker"))
+    hollow = _hollow(trained)
+    frame = pd.DataFrame([{"series": names[key], "batch": int(g["global_batch"].iloc[0]), "hollow": hollow[key],
+                           "epochs": epochs_to_target(g, targets.get(key))} for key, g in metrics.trials(trained)])
+    frame = frame.dropna(subset=["epochs"]).drop_duplicates(["series", "batch"])
+    for i, (series, g) in enumerate(frame.groupby("series", sort=True)):
+        _points(ax, g, "batch", "epochs", line_style(i)["color"], series, line_style(i)["linestyle"])
+    if frame.empty:
+        ax.text(0.5, 0.5, "no trial reached its target", transform=ax.transAxes, ha="center", va="center")
+    else:
+        batches = sorted(frame["batch"].unique())
+        if max(batches) / min(batches) >= 16:
+            ax.set_xscale("log", base=2)
+        ax.set_xticks(batches, [str(b) for b in batches])
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize="small", loc="best")
+    shown = {targets.get(k) for k in _hollow(trained)} - {None}
+    ax.set_xlabel("global batch (images per step; emulated points hollow)")
+    ax.set_ylabel("epochs to target")
+    ax.set_title("Epochs to the accuracy target against global batch"
+                 + (f" ({100 * shown.pop():g}% top-1)" if len(shown) == 1 else ""))
+    ax.grid(True, alpha=0.3)
     return fig
