@@ -332,7 +332,9 @@ def main(argv: list[str] | None = None) -> int:
         started = session.init_ray(args.address)
         try:
             nodes = session.cluster_capacity()
-            check_fits(fit_processes(p.trials, nodes), nodes, f"the cluster at {args.address}")
+            fitted = fit_processes(p.trials, nodes)  # [virtual] what the cluster holds, known now
+            virtual.check_trials(fitted, str(args.sweep))
+            check_fits(fitted, nodes, f"the cluster at {args.address}")
         except cfg.ConfigError as e:
             print(f"error: {e}", file=sys.stderr)
             return EXIT_BAD_INPUT
