@@ -24,7 +24,7 @@ from pydantic import (
 from raybench.models import ARCHS, model_name
 from raybench.spec import yamlfile
 from raybench.spec.profile import LinkProfile, ProfileError, read_profile
-from raybench.spec.virtual import largest_divisor
+from raybench.spec.virtual import CIFAR10_TRAIN_IMAGES, largest_divisor
 from raybench.spec.yamlfile import shown
 from raybench.worker.comm import ALGORITHMS
 
@@ -37,7 +37,6 @@ SMOKE_TRAIN_IMAGES = 512
 SMOKE_TEST_IMAGES = 256
 SMOKE_EPOCHS = 2
 SMOKE_MAX_WORKERS = 2  # real workers; with max_processes set, processes (the workers stay, as virtual ones)
-CIFAR10_TRAIN_IMAGES = 50_000  # the training set's size when data.train_images is null
 
 
 class ConfigError(ValueError):
@@ -315,13 +314,14 @@ def expand(spec: SweepSpec) -> list[TrialSpec]:
 
 def smoke(trials: list[TrialSpec]) -> list[TrialSpec]:
     """--smoke: at most 2 CPU workers (more are clamped to 2; with ``max_processes``, the workers stay
-    and run on at most 2 processes, the batch shrunk to fit 512 images, at least 1), a few hundred
-    images, at most 2 epochs, PowerSGD and local SGD from step 2; duplicates are kept once."""
+    and run on at most 2 processes, every trial's batch shrunk so the most workers' step fits 512
+    images, at least 1), a few hundred images, at most 2 epochs, PowerSGD and local SGD from step 2."""
     out: dict[str, TrialSpec] = {}
+    most = max([t.workers for t in trials if t.processes is not None] or [1])  # [virtual] one batch for all
     for t in trials:
         emulate = t.processes is not None  # [virtual]
         workers = t.workers if emulate else min(t.workers, SMOKE_MAX_WORKERS)
-        batch = max(1, min(t.schedule.batch_per_worker, 64, SMOKE_TRAIN_IMAGES // workers))
+        batch = max(1, min(t.schedule.batch_per_worker, 64, SMOKE_TRAIN_IMAGES // (most if emulate else workers)))
         sched = t.schedule.model_copy(update={
             "epochs": min(t.schedule.epochs, SMOKE_EPOCHS),
             "warmup_epochs": min(t.schedule.warmup_epochs, 1),

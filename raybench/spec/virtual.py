@@ -11,6 +11,7 @@ if TYPE_CHECKING:
     from raybench.spec.config import TrialSpec
 
 EMULATED_ALGORITHMS = ("allreduce",)  # what virtual workers emulate exactly (see worker.virtual)
+CIFAR10_TRAIN_IMAGES = 50_000  # the training set's size when data.train_images is null
 
 
 def largest_divisor(n: int, limit: int) -> int:
@@ -30,7 +31,7 @@ def with_processes(t: TrialSpec, limit: int) -> TrialSpec:
 def check_trials(trials: list[TrialSpec], source: str) -> None:
     """What no worker should find out: a step needs more images than the training set holds, or a
     trial to be emulated uses an algorithm virtual workers do not emulate. Raises ConfigError."""
-    from raybench.spec.config import CIFAR10_TRAIN_IMAGES, ConfigError
+    from raybench.spec.config import ConfigError
 
     for t in trials:
         b = t.schedule.batch_per_worker
