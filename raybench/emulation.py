@@ -80,8 +80,9 @@ def at_scale(s: Steps, virtual: int, workers: int) -> Steps:
     last = np.where(present, s.handover, -np.inf).max(axis=1, keepdims=True)
     duration = np.where(present, s.real_done - last, np.inf).min(axis=1, keepdims=True)
     duration = np.where(np.isfinite(duration), np.maximum(duration, 0.0), 0.0)
-    return dataclasses.replace(
-        s, handover=handover, real_done=np.where(present, handover + duration, np.nan),
+    return dataclasses.replace(  # ready: a moved step's transfer starts at the latest (moved) hand-over
+        s, handover=handover, ready=np.full_like(s.ready, np.nan),
+        real_done=np.where(present, handover + duration, np.nan),
         release=s.release + shift, backward=np.maximum(s.backward + shift[:, :, 0], 0.0),
         end=np.maximum(s.end + shift[:, :, 0], 0.0))
 

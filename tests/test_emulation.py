@@ -42,13 +42,20 @@ def _steps(ranks_steps: list[list[dict]]) -> replay.Steps:
 
 @pytest.mark.parametrize("link", [Link(), SLOW], ids=["unlimited", "slow"])
 @pytest.mark.parametrize("processes", [1, 2])
-def test_a_virtual_workers_trace_replays_as_the_real_workers_trace(link, processes):
+@pytest.mark.parametrize("ready", [False, True], ids=["ready-estimated", "ready-measured"])
+def test_a_virtual_workers_trace_replays_as_the_real_workers_trace(link, processes, ready):
     """4 real workers, one micro-batch each per step, against 4 virtual workers on 1 (or 2)
-    processes, whose steps run 4 (2) micro-batches before the same hand-overs: the same epochs."""
+    processes, whose steps run 4 (2) micro-batches before the same hand-overs: the same epochs
+    (also where the emulated run measured when every process had handed each bucket over)."""
     p, steps = 4, 3
     v = p // processes
     real = _steps([[_record(0.0, **ONE) for _ in range(steps)] for _ in range(p)])
-    emulated = _steps([[_record((v - 1) * 1.0, **ONE) for _ in range(steps)] for _ in range(processes)])
+
+    def emulated_record() -> dict:
+        rec = _record((v - 1) * 1.0, **ONE)
+        return rec | ({"ready": list(rec["handover"])} if ready else {})
+
+    emulated = _steps([[emulated_record() for _ in range(steps)] for _ in range(processes)])
     outside = 0.02  # the epoch's time outside its steps, in both runs
     real_measured = sum(replay.step_times(real, link, p, link, p).seconds) + outside
     emu_measured = sum(replay.step_times(emulated, link, p, link, p).seconds) + outside
