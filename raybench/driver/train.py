@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,22 @@ from raybench.spec.config import TrialSpec
 from raybench.worker import checkpoint, loop
 from raybench.worker.data import load
 from raybench.worker.setup import Worker, device_name
+
+# Start-up timestamps (time.time()) that travel with an attempt's first report, for bench/startup.py: the
+# trainable's (``tune.run_trial``: entered, trainer.fit called) and rank 0's (its process started, the train
+# function entered after Ray Train set up the process group, the data in hand, the first collective done).
+# Tune keeps them in the trial's result.json; the Parquet writer ignores them.
+STARTUP_KEY = "raybench_startup"
+
+
+def process_started() -> float | None:
+    """When this process started, on the time.time() clock (Linux /proc; None elsewhere)."""
+    try:
+        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return time.time() - (uptime - ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def placement(worker: Worker) -> list[dict[str, Any]]:
@@ -47,13 +64,17 @@ def placement(worker: Worker) -> list[dict[str, Any]]:
 def train_worker(config: dict[str, Any]) -> None:
     """Runs on every Ray Train worker: the trial, the data, the loop; rows and checkpoints go to
     ``ray.train.report``, a restart starts from ``ray.train.get_checkpoint()``."""
+    entered = time.time()
     trial = TrialSpec.model_validate(config["trial"])
     ctx = ray.train.get_context()  # [ray]
     world = ctx.get_world_size()  # [ray] trial.procs processes, each running trial.workers / world (virtual) workers
     worker = Worker(ctx.get_world_rank(), world, ray.train.torch.get_device(), trial.workers // world)  # [ray]
     torch.set_num_threads(trial.cpus_per_worker)
     ds = load(config["data"])
+    loaded = time.time()
     unsent = [placement(worker)]  # goes to the driver with this attempt's first row
+    startup = [config.get(STARTUP_KEY, {}) | {"process": process_started(), "entry": entered, "data": loaded,
+                                               "placed": time.time()}]
 
     def report(row: EpochRow, ckpt_dir: Path | None, trace: pa.Table | None) -> None:
         metrics = results.to_metrics(row) | ({traces.TRACE_KEY: traces.encode(trace)} if trace is not None else {})
@@ -61,7 +82,8 @@ def train_worker(config: dict[str, Any]) -> None:
             (ckpt_dir / checkpoint.ROW_FILE).write_text(json.dumps(metrics))
         ckpt = ray.train.Checkpoint.from_directory(str(ckpt_dir)) if ckpt_dir else None  # [ray]
         placed = results.to_metrics(row, unsent.pop()) if unsent else {}
-        ray.train.report(metrics | placed,  # [ray]
+        started = {STARTUP_KEY: json.dumps(startup.pop())} if startup else {}
+        ray.train.report(metrics | placed | started,  # [ray]
                          checkpoint=ckpt, checkpoint_dir_name=f"epoch_{row.epoch:04d}")
 
     with tempfile.TemporaryDirectory(prefix="raybench-restore-") as local:

@@ -15,6 +15,7 @@ unless ``--verbose``.
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 
 from raybench import results
 from raybench.driver.console import Progress
-from raybench.driver.train import train_worker
+from raybench.driver.train import STARTUP_KEY, train_worker
 from raybench.driver.writer import ParquetWriter
 from raybench.spec.config import TrialSpec
 
@@ -52,10 +53,11 @@ def backend(trial: TrialSpec) -> str:
 def run_trial(config: dict[str, Any]) -> None:
     """Tune function trainable: builds the trial's TorchTrainer and runs it to the end, with one Ray
     Train worker per process (``trial.procs``: fewer than its workers when they run as virtual workers)."""
+    entered = time.time()
     trial = TrialSpec.model_validate(config["trial"])
     trainer = TorchTrainer(
         train_worker,
-        train_loop_config=config,
+        train_loop_config=config | {STARTUP_KEY: {"trainable": entered}},
         torch_config=TorchConfig(backend=backend(trial)),
         scaling_config=ScalingConfig(
             num_workers=trial.procs, use_gpu=trial.hardware == "gpu",
