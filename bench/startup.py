@@ -11,7 +11,7 @@ one. The worker's timestamps travel with its first report (``driver.train.STARTU
 ``result.json``; the first step's start comes from the row (its timestamp less evaluation and
 training), the steps from the step trace. Also: the import costs of a fresh interpreter.
 
-    python bench/startup.py [SWEEP] [--data DIR] [--epochs N] [--] [sweep options, e.g. --smoke]
+    python bench/startup.py [SWEEP] [--data DIR] [sweep options, e.g. --smoke]
 
 With no SWEEP: four one-epoch trials of 2 workers (the algorithms sweep at --smoke sizes, 1 epoch).
 Prints a table per trial, the driver's phases and a final JSON line.
@@ -111,9 +111,7 @@ def main() -> None:
     p.add_argument("sweep", nargs="?", help="a sweep name or file (default: 4 one-epoch 2-worker trials)")
     p.add_argument("--data", default=os.environ.get("RAYBENCH_DATA"))
     p.add_argument("--no-imports", action="store_true", help="skip the fresh-interpreter import costs")
-    p.add_argument("rest", nargs=argparse.REMAINDER, help="after --: more options for the sweep")
-    args = p.parse_args()
-    rest = [a for a in args.rest if a != "--"]
+    args, rest = p.parse_known_args()  # the rest (--smoke, ...) goes to the sweep
     imports = [] if args.no_imports else import_costs()
 
     t_import = time.time()
