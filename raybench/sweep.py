@@ -54,6 +54,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--num-cpus", type=int, metavar="N",
                    help="start the local Ray with N logical CPUs (more than the machine has runs more workers at "
                         "once, for functional checks; timings are then not meaningful); not with --address")
+    p.add_argument("--reserve-cpus", type=int, default=0, metavar="N",
+                   help="a local sweep leaves N of this machine's CPUs to Ray's own processes: the trials see N "
+                        "fewer (default 0; on a small machine 1 keeps Ray's control plane off the workers' cores)")
     p.add_argument("--verbose", action="store_true",
                    help="also show Ray's logs (Ray Train's per-report lines, Tune's INFO lines); by default the "
                         "console shows one line per epoch per trial")
@@ -165,6 +168,14 @@ def plan(args: argparse.Namespace) -> Plan:
     if args.num_cpus is not None and args.address:
         raise cfg.ConfigError(f"--num-cpus {args.num_cpus} with --address {args.address}: --num-cpus sizes the "
                               "local Ray this command starts; a cluster has its own CPUs (leave one of them out)")
+    if args.reserve_cpus < 0:
+        raise cfg.ConfigError(f"--reserve-cpus {args.reserve_cpus}: must be 0 or more")
+    if args.reserve_cpus and args.address:
+        raise cfg.ConfigError(f"--reserve-cpus {args.reserve_cpus}: only for a local sweep; with --address the "
+                              "cluster's nodes say how many CPUs they give (`ray start --num-cpus N`)")
+    if args.reserve_cpus and local_cpus(args.num_cpus, args.reserve_cpus) < 1:
+        raise cfg.ConfigError(f"--reserve-cpus {args.reserve_cpus}: leaves no CPU for a worker (the local Ray has "
+                              f"{local_cpus(args.num_cpus)}); reserve fewer")
     if len(trials) > args.max_trials and not args.yes:
         raise cfg.ConfigError(f"{args.sweep}: the grid has {len(trials)} trials, more than --max-trials "
                               f"{args.max_trials}; pass --yes to run them all, or make the grid smaller")
@@ -190,15 +201,22 @@ def plan(args: argparse.Namespace) -> Plan:
         _check_address(args.address)
         virtual.check_trials(trials, str(args.sweep))
     else:
-        trials = fit_processes(trials, local_capacity(args.num_cpus))
+        where = f"this machine less --reserve-cpus {args.reserve_cpus}" if args.reserve_cpus else "this machine"
+        trials = fit_processes(trials, local_capacity(args.num_cpus, args.reserve_cpus))
         virtual.check_trials(trials, str(args.sweep))
-        check_fits(trials, local_capacity(args.num_cpus), "this machine")
+        check_fits(trials, local_capacity(args.num_cpus, args.reserve_cpus), where)
     return Plan(spec, trials, done, sweep_dir, root, local, replayed)
 
 
-def local_capacity(num_cpus: int | None = None) -> list[dict[str, float]]:
-    """What a local in-process Ray will have, known before it starts: one node (``--num-cpus`` CPUs)."""
-    return [{"CPU": float(num_cpus or os.cpu_count() or 1), "GPU": float(local_gpus())}]
+def local_cpus(num_cpus: int | None = None, reserve: int = 0) -> int:
+    """The CPUs a local Ray gives the trials: ``--num-cpus`` or this machine's, less those reserved for
+    Ray's own processes (``--reserve-cpus``)."""
+    return (num_cpus or os.cpu_count() or 1) - reserve
+
+
+def local_capacity(num_cpus: int | None = None, reserve: int = 0) -> list[dict[str, float]]:
+    """What a local in-process Ray will have, known before it starts: one node (``local_cpus``)."""
+    return [{"CPU": float(local_cpus(num_cpus, reserve)), "GPU": float(local_gpus())}]
 
 
 def fit_processes(trials: list[cfg.TrialSpec], nodes: list[dict[str, float]]) -> list[cfg.TrialSpec]:
@@ -346,7 +364,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:6]
-    started = session.init_ray(args.address, num_cpus=args.num_cpus, verbose=args.verbose)
+    local = local_cpus(args.num_cpus, args.reserve_cpus) if args.num_cpus or args.reserve_cpus else None
+    started = session.init_ray(args.address, num_cpus=local, verbose=args.verbose)
     grid = None
     try:
         if args.address:

@@ -39,6 +39,41 @@ def test_smoke_scalability_writes_one_row_per_trial_and_epoch(cifar_dir, tmp_pat
         assert meta["raybench.status"] == "complete" and meta["raybench.dataset"] == "cifar10-local"
         assert results.trial_config(meta)["trial_id"] == path.stem
         assert set(json.loads(meta["raybench.versions"])) == {"raybench", "torch", "ray"}
+    # The lean control plane of a local sweep (driver.lean): none of the per-trial actors it does not use
+    # were started, nor Ray Data's autoscaling coordinator; the trainable ran once for both trials.
+    from ray.util.state import list_actors
+
+    from raybench.driver import lean
+    from raybench.driver.train import STARTUP_KEY
+
+    actors = [a.class_name for a in list_actors(address=ray.get_runtime_context().gcs_address, limit=10_000)]
+    assert "TrainController" in actors and "RayTrainWorker" in actors
+    assert not set(actors) & {*lean.DROPPED_ACTORS, "_AutoscalingCoordinatorActor"}, actors
+    assert actors.count("ImplicitFunc") == 1  # Tune's reuse_actors: one trainable process for both trials
+    # The start-up timestamps bench/startup.py reads travel with each trial's first result into Tune's files.
+    for f in (tmp_path / "scalability" / "_ray" / "tune").glob("*/result.json"):
+        s = json.loads(json.loads(f.read_text().splitlines()[0])[STARTUP_KEY])
+        assert s["trainable"] <= s["entry"] <= s["data"] <= s["placed"]
+
+
+def test_the_data_set_goes_into_the_object_store_once_cut_to_what_the_trials_use(cifar_dir):
+    """The driver reads CIFAR-10 once and puts the images the largest trial uses into Ray's object store;
+    a worker maps them without a copy (read-only) instead of reading the files."""
+    from raybench.driver import tune
+    from raybench.spec import config as cfg
+    from raybench.worker import data as cifar
+
+    trials = cfg.expand(cfg.parse({"name": "put", "workers": [1, 2],
+                                   "data": {"train_images": 300, "test_images": 100}}))
+    small = cfg.expand(cfg.parse({"name": "put", "data": {"train_images": 100, "test_images": None}}))
+    arrays = ray.get(tune.put_dataset(trials + small, str(cifar_dir)))
+    assert not arrays["train_x"].flags.writeable  # mapped from the object store, not a copy
+    ds = cifar.from_arrays(arrays)
+    full = cifar.load(cifar_dir)
+    assert ds.train_x.shape == (300, 3, 32, 32) and len(ds.test_y) == len(full.test_y) == 10_000
+    assert ds.source == full.source
+    for name in cifar.ARRAYS:
+        assert getattr(ds, name).equal(getattr(full.subset(300, None), name))
 
 
 def test_learning_happens_on_2000_images(cifar_dir, tmp_path):

@@ -65,16 +65,22 @@ def init_ray(address: str | None, num_cpus: int | None = None, verbose: bool = T
     """
     if ray.is_initialized():
         return False
-    runtime_env = {"env_vars": JOB_ENV | {VERBOSE_ENV: "1" if verbose else "0"},
-                   "worker_process_setup_hook": f"{__name__}.{worker_setup.__name__}"}
+    env = JOB_ENV | {VERBOSE_ENV: "1" if verbose else "0"}
+    if not address:
+        from raybench.driver import lean  # Ray Train (and so torch): only when a local Ray starts
+
+        env |= lean.LOCAL_JOB_ENV
+    runtime_env = {"env_vars": env, "worker_process_setup_hook": f"{__name__}.{worker_setup.__name__}"}
     if address:
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
     else:
         # Ray's gRPC ports listen on every interface (Ray 2.60 cannot keep them on loopback); a new
         # local cluster has token authentication on by default, so they refuse callers without
-        # this machine's token (~/.ray/auth_token). tests/test_e2e.py checks both.
+        # this machine's token (~/.ray/auth_token). tests/test_e2e.py checks both. The control plane
+        # is lean (driver.lean): no usage stats (unless the user set RAY_USAGE_STATS_ENABLED), no metrics.
+        os.environ.setdefault(lean.USAGE_STATS_ENV, "0")
         ray.init(num_cpus=num_cpus, runtime_env=runtime_env, dashboard_host="127.0.0.1",
-                 _node_ip_address="127.0.0.1", include_dashboard=None)
+                 _node_ip_address="127.0.0.1", include_dashboard=None, _system_config=lean.LOCAL_SYSTEM_CONFIG)
     if not verbose:
         logging.getLogger("ray").setLevel(logging.WARNING)
     return True

@@ -19,7 +19,7 @@ from raybench import results, traces
 from raybench.results import EpochRow
 from raybench.spec.config import TrialSpec
 from raybench.worker import checkpoint, loop
-from raybench.worker.data import load
+from raybench.worker.data import from_arrays, load
 from raybench.worker.setup import Worker, device_name
 
 # Start-up timestamps (time.time()) that travel with an attempt's first report, for bench/startup.py: the
@@ -27,6 +27,7 @@ from raybench.worker.setup import Worker, device_name
 # function entered after Ray Train set up the process group, the data in hand, the first collective done).
 # Tune keeps them in the trial's result.json; the Parquet writer ignores them.
 STARTUP_KEY = "raybench_startup"
+DATA_REF_KEY = "data_ref"  # train_loop_config: [the object store reference of the data set's arrays]
 
 
 def process_started() -> float | None:
@@ -70,7 +71,10 @@ def train_worker(config: dict[str, Any]) -> None:
     world = ctx.get_world_size()  # [ray] trial.procs processes, each running trial.workers / world (virtual) workers
     worker = Worker(ctx.get_world_rank(), world, ray.train.torch.get_device(), trial.workers // world)  # [ray]
     torch.set_num_threads(trial.cpus_per_worker)
-    ds = load(config["data"])
+    # CIFAR-10 from the object store, mapped without a copy (put there once by the driver: tune.run_sweep);
+    # read from --data / the download only where there is no reference (a trainer started outside run_sweep).
+    refs = config.get(DATA_REF_KEY)
+    ds = from_arrays(ray.get(refs[0])) if refs else load(config["data"])  # [ray]
     loaded = time.time()
     unsent = [placement(worker)]  # goes to the driver with this attempt's first row
     startup = [config.get(STARTUP_KEY, {}) | {"process": process_started(), "entry": entered, "data": loaded,

@@ -19,16 +19,19 @@ import time
 from pathlib import Path
 from typing import Any
 
+import ray
 from ray import tune
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from raybench import results
+from raybench.driver import lean
 from raybench.driver.console import Progress
-from raybench.driver.train import STARTUP_KEY, train_worker
+from raybench.driver.train import DATA_REF_KEY, STARTUP_KEY, train_worker
 from raybench.driver.writer import ParquetWriter
 from raybench.spec.config import TrialSpec
+from raybench.worker.data import load, to_arrays
 
 # The trainable only waits on its trainer: it reserves a little memory and no CPU, so that a trial
 # whose workers take every CPU still fits (Ray refuses an all-zero bundle).
@@ -50,14 +53,17 @@ def backend(trial: TrialSpec) -> str:
     return "nccl" if trial.hardware == "gpu" and trial.gpus_per_worker >= 1 else "gloo"
 
 
-def run_trial(config: dict[str, Any]) -> None:
+def run_trial(config: dict[str, Any], data_ref: list | None = None) -> None:
     """Tune function trainable: builds the trial's TorchTrainer and runs it to the end, with one Ray
-    Train worker per process (``trial.procs``: fewer than its workers when they run as virtual workers)."""
+    Train worker per process (``trial.procs``: fewer than its workers when they run as virtual workers).
+    ``data_ref`` (from ``tune.with_parameters``): [the object store reference of the data set], passed on
+    to the workers as it is, so that each maps the one copy instead of reading the files."""
     entered = time.time()
     trial = TrialSpec.model_validate(config["trial"])
-    trainer = TorchTrainer(
+    trainer_cls = lean.LeanTorchTrainer if lean.is_local() else TorchTrainer
+    trainer = trainer_cls(
         train_worker,
-        train_loop_config=config | {STARTUP_KEY: {"trainable": entered}},
+        train_loop_config=config | {STARTUP_KEY: {"trainable": entered}, DATA_REF_KEY: data_ref},
         torch_config=TorchConfig(backend=backend(trial)),
         scaling_config=ScalingConfig(
             num_workers=trial.procs, use_gpu=trial.hardware == "gpu",
@@ -73,6 +79,16 @@ def run_trial(config: dict[str, Any]) -> None:
         ),
     )
     trainer.fit()
+
+
+def put_dataset(trials: list[TrialSpec], data: str | None) -> ray.ObjectRef:
+    """CIFAR-10 read once by the driver, cut to the most images any trial uses, and put into Ray's object
+    store as numpy arrays: each node holds one copy, which its workers map without reading or copying."""
+    def most(counts: list[int | None]) -> int | None:
+        return None if any(c is None for c in counts) else max(counts)
+
+    ds = load(data).subset(most([t.data.train_images for t in trials]), most([t.data.test_images for t in trials]))
+    return ray.put(to_arrays(ds))
 
 
 def storage_path(sweep_dir: str | Path) -> str:
@@ -93,6 +109,7 @@ def run_sweep(trials: list[TrialSpec], sweep_dir: str | Path, data: str | None, 
     decides which of Ray's logs show), at most ``concurrency`` at once, and return Tune's result grid.
     The console gets one line per epoch per trial."""
     storage = storage_path(sweep_dir)
+    data_ref = [put_dataset(trials, data)]  # in a list: the trainables get the reference, not the arrays
     param_space = {
         "trial": tune.grid_search([t.model_dump(mode="json") for t in trials]),
         "data": data, "run_id": run_id, "storage_path": storage, "max_failures": max_failures,
@@ -104,9 +121,11 @@ def run_sweep(trials: list[TrialSpec], sweep_dir: str | Path, data: str | None, 
     before = os.environ.get(NEW_OUTPUT_ENV)
     os.environ[NEW_OUTPUT_ENV] = "0"
     tuner = tune.Tuner(
-        tune.with_resources(run_trial, TRAINABLE_RESOURCES),
+        tune.with_resources(tune.with_parameters(run_trial, data_ref=data_ref), TRAINABLE_RESOURCES),
         param_space=param_space,
-        tune_config=tune.TuneConfig(num_samples=1, max_concurrent_trials=concurrency,
+        # reuse_actors: one trainable process runs trial after trial (a fresh one after a failure), so
+        # each trial does not start a Python process and import Ray Train and torch again.
+        tune_config=tune.TuneConfig(num_samples=1, max_concurrent_trials=concurrency, reuse_actors=True,
                                     trial_name_creator=lambda t: t.config["trial"]["trial_id"],
                                     trial_dirname_creator=lambda t: t.config["trial"]["trial_id"]),
         run_config=tune.RunConfig(name=TUNE_DIR, storage_path=storage, verbose=0,

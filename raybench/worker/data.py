@@ -211,6 +211,28 @@ def load(data: str | os.PathLike | None = None) -> Cifar10:
     return Cifar10(train_x, train_y, test_x, test_y, DATASET_LOCAL if local else DATASET_OFFICIAL)
 
 
+ARRAYS = ("train_x", "train_y", "test_x", "test_y")
+
+
+def to_arrays(ds: Cifar10) -> dict[str, np.ndarray | str]:
+    """The data set as numpy arrays (sharing the tensors' memory) and its source: what the driver puts
+    into Ray's object store once, for every worker on every node to map without a copy (``from_arrays``)."""
+    return {name: getattr(ds, name).numpy() for name in ARRAYS} | {"source": ds.source}
+
+
+def from_arrays(arrays: Mapping[str, np.ndarray | str]) -> Cifar10:
+    """A data set over ``to_arrays``'s arrays, without a copy. They may be read-only (Ray's object
+    store maps them so): the images and labels are only ever read, indexed or copied to a device."""
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        tensors = [torch.from_numpy(arrays[name]) for name in ARRAYS]
+    return Cifar10(*tensors, str(arrays["source"]))
+
+
 def shard_indices(n: int, rank: int, world: int, seed: int, epoch: int) -> torch.Tensor:
     """This rank's disjoint share of a fresh permutation of range(n) for this epoch.
 
