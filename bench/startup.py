@@ -7,7 +7,7 @@ trainable runs (the previous trial's teardown, Tune scheduling, the trainable's 
 the Train controller and worker group until rank 0's process exists, that process's start-up (Ray's
 worker, imports, the process group, all before the train function runs), loading CIFAR-10, the first
 collective, the model and DDP until the first step, and the first step's extra time over a steady
-one. The worker's timestamps travel with its first report (``driver.train.STARTUP_KEY``) into Tune's
+one. The worker's timestamps travel with its first report (``driver.backend.STARTUP_KEY``) into Tune's
 ``result.json``; the first step's start comes from the row (its timestamp less evaluation and
 training), the steps from the step trace. Also: the import costs of a fresh interpreter.
 
@@ -74,7 +74,7 @@ def import_costs() -> list[tuple[str, float]]:
 
 def trial_phases(sweep_dir: Path) -> list[dict]:
     from raybench import results, traces
-    from raybench.driver.train import STARTUP_KEY
+    from raybench.driver.backend import STARTUP_KEY
     from raybench.driver.tune import RAY_DIR, TUNE_DIR
 
     trials = []

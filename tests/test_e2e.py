@@ -44,7 +44,7 @@ def test_smoke_scalability_writes_one_row_per_trial_and_epoch(cifar_dir, tmp_pat
     from ray.util.state import list_actors
 
     from raybench.driver import lean
-    from raybench.driver.train import STARTUP_KEY
+    from raybench.driver.backend import STARTUP_KEY
 
     actors = [a.class_name for a in list_actors(address=ray.get_runtime_context().gcs_address, limit=10_000)]
     assert "TrainController" in actors and "RayTrainWorker" in actors

@@ -7,11 +7,11 @@ lives), so on a small machine each one counts, per trial. On a local Ray (``sess
 
 - Ray: no usage stats, no metrics collection (nothing scrapes them); the dashboard stays (the sweep
   prints how to open it).
-- Ray Train, per trial (``LeanTorchTrainer``): no DatasetManager actor (raybench passes Train no Ray
+- Ray Train, per trial (``LeanTrainer``): no DatasetManager actor (raybench passes Train no Ray
   Datasets: each worker reads its CIFAR-10 from the object store), no PreemptionWatcher actor (a local
   machine is not preempted), no PlacementGroupCleaner actor (it frees a dead controller's placement
   group; the local Ray ends with the sweep), no requests to Ray Data's AutoscalingCoordinator actor (a
-  fixed cluster does not scale), no Train metrics.
+  fixed cluster does not scale), no Train metrics; the controller polls its workers every second.
 
 Joining a cluster (``--address``), Train keeps all of it: there, nodes are preempted and clusters scale.
 Ray Train's own names below are internal (pinned Ray, see pyproject.toml); ``tests/test_e2e.py`` checks
@@ -21,10 +21,10 @@ from __future__ import annotations
 
 import os
 
-from ray.train.torch import TorchTrainer
 from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
 from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
 from ray.train.v2._internal.execution.scaling_policy import FixedScalingPolicy
+from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
 
 LOCAL_ENV_VAR = "RAYBENCH_LOCAL_RAY"  # "1" in the job's processes when the sweep started its own Ray
 # Set in every process of a local sweep's job; Ray Train reads them in the trainable and passes them on.
@@ -32,6 +32,8 @@ LOCAL_JOB_ENV = {
     LOCAL_ENV_VAR: "1",
     "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",  # one PreemptionWatcher actor per trial
     "RAY_TRAIN_METRICS_ENABLED": "0",  # Train's controller and worker metrics callbacks
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "1",  # the controller polls its workers every second, not 2: a trial's
+    # end is seen sooner (one small call per worker per poll)
 }
 LOCAL_SYSTEM_CONFIG = {"enable_metrics_collection": False}  # every Ray process's metrics export
 USAGE_STATS_ENV = "RAY_USAGE_STATS_ENABLED"
@@ -58,8 +60,8 @@ class FixedLocalScalingPolicy(FixedScalingPolicy):
         pass
 
 
-class LeanTorchTrainer(TorchTrainer):
-    """A TorchTrainer whose controller starts no DatasetManager or PlacementGroupCleaner actor and asks
+class LeanTrainer(DataParallelTrainer):
+    """A trainer whose controller starts no DatasetManager or PlacementGroupCleaner actor and asks
     no AutoscalingCoordinator (for a local sweep only; see the module's docstring)."""
 
     def _initialize_and_run_controller(self, **kwargs):

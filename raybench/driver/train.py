@@ -16,18 +16,12 @@ import torch
 import torch.distributed as dist
 
 from raybench import results, traces
+from raybench.driver.backend import DATA_REF_KEY, STARTUP_KEY
 from raybench.results import EpochRow
 from raybench.spec.config import TrialSpec
 from raybench.worker import checkpoint, loop
 from raybench.worker.data import from_arrays, load
 from raybench.worker.setup import Worker, device_name
-
-# Start-up timestamps (time.time()) that travel with an attempt's first report, for bench/startup.py: the
-# trainable's (``tune.run_trial``: entered, trainer.fit called) and rank 0's (its process started, the train
-# function entered after Ray Train set up the process group, the data in hand, the first collective done).
-# Tune keeps them in the trial's result.json; the Parquet writer ignores them.
-STARTUP_KEY = "raybench_startup"
-DATA_REF_KEY = "data_ref"  # train_loop_config: [the object store reference of the data set's arrays]
 
 
 def process_started() -> float | None:

@@ -1,7 +1,7 @@
-"""The sweep on Ray Tune: one function trainable per trial runs a TorchTrainer; the driver-side
+"""The sweep on Ray Tune: one function trainable per trial runs a Ray Train trainer (torch DDP); the driver-side
 ``writer.ParquetWriter`` writes each trial's Parquet file after every epoch.
 
-The trainable only waits on its TorchTrainer, so it reserves no CPU, only a little memory; the trainer's
+The trainable only waits on its trainer, so it reserves no CPU, only a little memory; the trainer's
 workers take the real resources in one placement group. Tune runs at most ``concurrency`` trials at
 once (default 1, so timings never share hardware). Above 1, a trial whose workers do not fit beside
 the running ones waits: Train's worker group start times out after a minute and Train reschedules it
@@ -22,13 +22,13 @@ from typing import Any
 import ray
 from ray import tune
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-from ray.train.torch import TorchConfig, TorchTrainer
+from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from raybench import results
 from raybench.driver import lean
+from raybench.driver.backend import DATA_REF_KEY, STARTUP_KEY, TorchBackendConfig, train_worker
 from raybench.driver.console import Progress
-from raybench.driver.train import DATA_REF_KEY, STARTUP_KEY, train_worker
 from raybench.driver.writer import ParquetWriter
 from raybench.spec.config import TrialSpec
 from raybench.worker.data import load, to_arrays
@@ -54,17 +54,17 @@ def backend(trial: TrialSpec) -> str:
 
 
 def run_trial(config: dict[str, Any], data_ref: list | None = None) -> None:
-    """Tune function trainable: builds the trial's TorchTrainer and runs it to the end, with one Ray
+    """Tune function trainable: builds the trial's trainer (torch DDP) and runs it to the end, with one Ray
     Train worker per process (``trial.procs``: fewer than its workers when they run as virtual workers).
     ``data_ref`` (from ``tune.with_parameters``): [the object store reference of the data set], passed on
     to the workers as it is, so that each maps the one copy instead of reading the files."""
     entered = time.time()
     trial = TrialSpec.model_validate(config["trial"])
-    trainer_cls = lean.LeanTorchTrainer if lean.is_local() else TorchTrainer
-    trainer = trainer_cls(
+    trainer_cls = lean.LeanTrainer if lean.is_local() else DataParallelTrainer
+    trainer = trainer_cls(  # TorchTrainer's set-up, without torch in this process or the controller (backend)
         train_worker,
         train_loop_config=config | {STARTUP_KEY: {"trainable": entered}, DATA_REF_KEY: data_ref},
-        torch_config=TorchConfig(backend=backend(trial)),
+        backend_config=TorchBackendConfig(backend=backend(trial)),
         scaling_config=ScalingConfig(
             num_workers=trial.procs, use_gpu=trial.hardware == "gpu",
             resources_per_worker=resources_per_worker(trial),
