@@ -8,6 +8,7 @@ Steady state = epochs after the first. Start-up (process launch to first step) i
 Prints a table and a final JSON line.
 
     python bench/overhead.py --data DIR [--workers 2] [--images 10000] [--epochs 4] [--repeats 2]
+        [--reserve-cpus N]
 """
 from __future__ import annotations
 
@@ -91,7 +92,8 @@ def run_raybench(args) -> dict:
         path = Path(tmp) / "overhead.yaml"
         path.write_text(yaml.safe_dump(spec))
         t0 = time.time()
-        rc = sweep.main([str(path), "--data", args.data, "--results", tmp])
+        reserve = ["--reserve-cpus", str(args.reserve_cpus)] if args.reserve_cpus else []
+        rc = sweep.main([str(path), "--data", args.data, "--results", tmp, *reserve])
         wall = time.time() - t0
         if rc != 0:
             sys.exit(f"raybench sweep failed with exit code {rc}")
@@ -112,6 +114,7 @@ def main() -> None:
     p.add_argument("--images", type=int, default=10_000, help="training images per epoch, all workers")
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--repeats", type=int, default=2, help="alternate plain and raybench this many times")
+    p.add_argument("--reserve-cpus", type=int, default=0, help="the sweep's --reserve-cpus (default 0)")
     args = p.parse_args()
     if not args.data:
         sys.exit("--data DIR (a folder holding cifar-10-batches-py/) or RAYBENCH_DATA is required")
