@@ -9,7 +9,8 @@ worker, imports, the process group, all before the train function runs), loading
 collective, the model and DDP until the first step, and the first step's extra time over a steady
 one. The worker's timestamps travel with its first report (``driver.backend.STARTUP_KEY``) into Tune's
 ``result.json``; the first step's start comes from the row (its timestamp less evaluation and
-training), the steps from the step trace. Also: the import costs of a fresh interpreter.
+training), the steps from the step trace. Also: the import costs of a fresh interpreter, and the CPU
+seconds each kind of Ray process took (what each part of the control plane costs).
 
     python bench/startup.py [SWEEP] [--data DIR] [sweep options, e.g. --smoke]
 
@@ -25,6 +26,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -40,6 +42,46 @@ IMPORTS = [("import ray", "import ray"), ("import torch", "import torch"),
            ("+ raybench.driver.train after ray.train.torch", "import ray.train.torch; import time; t = time.time(); "
             "import raybench.driver.train; print(time.time() - t)"),
            ("import raybench.driver.tune (the trainable's module)", "import raybench.driver.tune")]
+
+
+class CpuSampler(threading.Thread):
+    """CPU seconds of every process under this one (the local Ray: raylet, GCS, dashboard, each actor),
+    sampled every half second; per kind (``ray::Name`` or the program), summed over its processes."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.last: dict[int, tuple[str, float]] = {}
+        self.stop = threading.Event()
+
+    @staticmethod
+    def kind(proc) -> str:
+        cmd = proc.cmdline()
+        if cmd and cmd[0].startswith("ray::"):
+            return cmd[0].split(".")[0]
+        for part in cmd[:3]:
+            if part.endswith(".py") or "/" in part and Path(part).name in ("raylet", "gcs_server"):
+                return Path(part).name
+        return Path(cmd[0]).name if cmd else proc.name()
+
+    def run(self) -> None:
+        import psutil
+
+        me = psutil.Process()
+        while not self.stop.is_set():
+            for proc in me.children(recursive=True):
+                try:
+                    t = proc.cpu_times()
+                    self.last[proc.pid] = (self.kind(proc), t.user + t.system)
+                except (psutil.Error, IndexError):
+                    pass
+            self.stop.wait(0.5)
+
+    def by_kind(self) -> dict[str, tuple[int, float]]:
+        out: dict[str, tuple[int, float]] = {}
+        for kind, cpu in self.last.values():
+            n, total = out.get(kind, (0, 0.0))
+            out[kind] = (n + 1, total + cpu)
+        return dict(sorted(out.items(), key=lambda kv: -kv[1][1]))
 
 
 class Clock:
@@ -130,9 +172,12 @@ def main() -> None:
             target = str(Path(tmp) / "startup.yaml")
             Path(target).write_text(yaml.safe_dump(SMOKE4))
         data = ["--data", args.data] if args.data else []
+        cpu = CpuSampler()
+        cpu.start()
         t_main = time.time()
         rc = sweep.main([target, *data, "--results", tmp, *rest])
         t_end = time.time()
+        cpu.stop.set()
         if rc != 0:
             sys.exit(f"the sweep failed with exit code {rc}")
         name = sweep.cfg.load(target).name
@@ -171,12 +216,17 @@ def main() -> None:
     print(f"  {'= start-up (previous trial ends -> first steady step)':<70}"
           + "".join(f"{tr['startup']:>24.2f}" for tr in trials))
     print(f"  {'training + evaluation':<70}" + "".join(f"{tr['in_epochs']:>24.2f}" for tr in trials))
+    print("\nCPU seconds of Ray's processes over the whole sweep (processes, CPU s), by kind:")
+    kinds = cpu.by_kind()
+    for kind, (n, total) in kinds.items():
+        print(f"  {kind:<58} {n:>4} {total:8.1f}")
     mean = statistics.mean(tr["startup"] for tr in trials) if trials else 0.0
     print(json.dumps({"bench": "startup", "trials": len(trials), "sweep_seconds": round(t_end - t_main, 1),
                       "mean_startup_seconds": round(mean, 2),
                       "phases_mean": {k: round(statistics.mean(tr[k] for tr in trials), 2) for _, k in PHASES},
                       "ray_init_seconds": round(t["ray_init_end"] - t["ray_init_start"], 2),
-                      "tail_seconds": round(tail, 2)}))
+                      "tail_seconds": round(tail, 2),
+                      "ray_cpu_seconds": {k: round(v[1], 1) for k, v in kinds.items()}}))
 
 
 if __name__ == "__main__":
