@@ -8,7 +8,6 @@ ray, so ``--dry-run`` and every bad-input error answer at once; results go to
 from __future__ import annotations
 
 import argparse
-import ctypes
 import math
 import os
 import socket
@@ -18,6 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from raybench.machine import local_capacity, local_cpus, local_gpus  # noqa: F401 - local_gpus: API
 from raybench.spec import config as cfg
 from raybench.spec import virtual
 from raybench.worker import data as cifar
@@ -208,17 +208,6 @@ def plan(args: argparse.Namespace) -> Plan:
     return Plan(spec, trials, done, sweep_dir, root, local, replayed)
 
 
-def local_cpus(num_cpus: int | None = None, reserve: int = 0) -> int:
-    """The CPUs a local Ray gives the trials: ``--num-cpus`` or this machine's, less those reserved for
-    Ray's own processes (``--reserve-cpus``)."""
-    return (num_cpus or os.cpu_count() or 1) - reserve
-
-
-def local_capacity(num_cpus: int | None = None, reserve: int = 0) -> list[dict[str, float]]:
-    """What a local in-process Ray will have, known before it starts: one node (``local_cpus``)."""
-    return [{"CPU": float(local_cpus(num_cpus, reserve)), "GPU": float(local_gpus())}]
-
-
 def fit_processes(trials: list[cfg.TrialSpec], nodes: list[dict[str, float]]) -> list[cfg.TrialSpec]:
     """[virtual] Each trial whose sweep sets ``max_processes`` on at most as many processes as
     ``nodes`` hold of its worker's bundle (the largest divisor of its workers that fits)."""
@@ -228,26 +217,6 @@ def fit_processes(trials: list[cfg.TrialSpec], nodes: list[dict[str, float]]) ->
         bundle = {"CPU": float(t.cpus_per_worker)} | ({"GPU": share} if share else {})
         out.append(virtual.with_processes(t, max(1, sum(_bundles_on(n, bundle) for n in nodes))))
     return out
-
-
-def local_gpus() -> int:
-    """The GPUs a local Ray counts, the way Ray 2.60 counts them (NVML's device count, at most as
-    many as CUDA_VISIBLE_DEVICES names), through the NVML library itself: no torch, no ray."""
-    try:
-        nvml = ctypes.CDLL("libnvidia-ml.so.1")
-        count = ctypes.c_uint(0)
-        if nvml.nvmlInit_v2() != 0:
-            return 0
-        try:
-            found = count.value if nvml.nvmlDeviceGetCount_v2(ctypes.byref(count)) == 0 else 0
-        finally:
-            nvml.nvmlShutdown()
-    except (OSError, AttributeError):  # no NVIDIA driver on this machine
-        return 0
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None:
-        found = min(found, 0 if visible in ("", "NoDevFiles") else len(visible.split(",")))
-    return found
 
 
 def trial_table(trials: list[cfg.TrialSpec]) -> str:
