@@ -91,8 +91,9 @@ def test_report_and_export_read_a_file_uri_as_the_plain_path(tmp_path):
     by_uri = _files(folder / "_report")
     assert via_uri.stdout.replace(uri, str(folder)) == plain.stdout
     assert f"{uri}/_report/index.html" in via_uri.stdout
-    assert sorted(by_uri) == sorted(by_path) == ["accuracy_vs_time.png", "compute_comm.png", "index.html",
-                                                 "scaling.png", "time_vs_bandwidth.png"]
+    assert sorted(by_uri) == sorted(by_path) == ["accuracy_vs_time.png", "compute_comm.png",
+                                                 "epochs_vs_global_batch.png", "index.html", "scaling.png",
+                                                 "time_vs_bandwidth.png", "tta_vs_workers.png"]
 
     def page(raw: bytes, source: str) -> str:  # the page names its source and the minute it was made
         return re.sub(r"generated \S+ \S+ UTC", "generated", raw.decode().replace(source, "SOURCE"))

@@ -153,43 +153,61 @@ class _RefusingFuture(torch.futures.Future):
         super().set_result(result)
 
 
-def _failing_release(*_args: object) -> None:
-    raise RuntimeError("on_release failed")
+class _RefusingRecord(list):
+    """A bucket's record whose release time cannot be written (the wire's bookkeeping fails)."""
+
+    def __setitem__(self, i, v):
+        if i == 2:
+            raise RuntimeError("release bookkeeping failed")
+        super().__setitem__(i, v)
 
 
-@pytest.mark.parametrize("failure", ["real", "on_release", "set_result"])
+def _record(t: float) -> list:
+    """A bucket's record as the hook keeps it: hand-over, real end, release, collectives, bytes, ready."""
+    return [t, t, t, 1, 12, float("nan")]
+
+
+@pytest.mark.parametrize("failure", ["real", "release", "set_result"])
 def test_wire_passes_every_error_to_the_waiting_future_and_keeps_going(failure):
-    wire = hook._Wire()
+    wire = hook._Wire(None)
     wire.start()
-    real, out, on_release = torch.futures.Future(), torch.futures.Future(), lambda _t: None
+    lock = threading.Lock()
+    real, out, record = torch.futures.Future(), torch.futures.Future(), _record(time.perf_counter())
     if failure == "real":
         real.set_exception(RuntimeError("collective failed"))
     else:
         real.set_result(torch.ones(3))
-    if failure == "on_release":
-        on_release = _failing_release
+    if failure == "release":
+        record = _RefusingRecord(record)
     if failure == "set_result":
         out = _RefusingFuture()
-    wire.hold(time.perf_counter(), real, out, on_release)
+    wire.send(real, out, 0.0, record, lock)
     assert _completes(out), "the wire never completed the future DDP waits on"
     with pytest.raises(RuntimeError, match="failed"):
         out.wait()
-    # The wire is still alive and releases the next future, in deadline order, with its value.
-    released, later, sooner = [], torch.futures.Future(), torch.futures.Future()
-    for fut, delay, value in ((later, 0.2, 2.0), (sooner, 0.1, 1.0)):
-        done = torch.futures.Future()
+    # The wire is still alive: it releases the next futures in order, one after the other on the
+    # wire, each its modelled time after the previous one's transfer ended.
+    futures, records = [], []
+    for value in (1.0, 2.0):
+        done, fut, rec = torch.futures.Future(), torch.futures.Future(), _record(time.perf_counter())
         done.set_result(torch.full((3,), value))
-        wire.hold(time.perf_counter() + delay, done, fut, released.append)
-    assert _completes(later) and _completes(sooner)
-    assert sooner.wait().tolist() == [1.0] * 3 and later.wait().tolist() == [2.0] * 3
-    assert len(released) == 2 and released[0] <= released[1]
+        wire.send(done, fut, 0.1, rec, lock)
+        futures.append(fut)
+        records.append(rec)
+    assert all(_completes(f) for f in futures)
+    assert [f.wait().tolist() for f in futures] == [[1.0] * 3, [2.0] * 3]
+    assert records[0][2] - records[0][1] >= 0.1 and records[1][2] - records[0][2] >= 0.1 - 1e-3
 
 
-def test_a_failing_release_reaches_ddp_backward_as_an_error():
+def test_a_failing_release_reaches_ddp_backward_as_an_error(monkeypatch):
     # Through DDP on a real (one-rank) gloo group: the hook models 2 workers on a slow link, so every
     # bucket is held on the wire; a callback that raises there must fail backward(), not hang it.
-    state = hook.LinkHook(Link(bandwidth_mbps=1000.0), workers=2)
-    state._released = _failing_release
+    state = hook.LinkHook(Link(bandwidth_mbps=0.001), workers=2)
+
+    def failing_hold(_seconds: float) -> None:
+        raise RuntimeError("the hold failed")
+
+    monkeypatch.setattr(hook.time, "sleep", failing_hold)  # the wire's hold, on its own thread
     ddp = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(8, 2))
     ddp.register_comm_hook(state, hook.link_hook)
     outcome: list[BaseException | None] = []
@@ -205,4 +223,4 @@ def test_a_failing_release_reaches_ddp_backward_as_an_error():
     t.start()
     t.join(30)
     assert not t.is_alive(), "backward() waited forever on a future the wire never completed"
-    assert isinstance(outcome[0], RuntimeError) and "on_release failed" in str(outcome[0])
+    assert isinstance(outcome[0], RuntimeError) and "the hold failed" in str(outcome[0])
