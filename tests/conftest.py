@@ -32,18 +32,27 @@ def cifar_dir() -> Path:
     return cache
 
 
-@pytest.fixture(scope="module")
-def ray_session():
-    """A real local Ray (2 CPUs) for the whole module, started the way the CLI starts it."""
+@contextmanager
+def local_ray(num_cpus: int):
+    """A real local Ray with ``num_cpus`` logical CPUs, started the way the CLI starts it."""
     import ray
 
     from raybench.driver import session
 
     if ray.is_initialized():
         ray.shutdown()
-    session.init_ray(None, num_cpus=2)
-    yield
-    ray.shutdown()
+    session.init_ray(None, num_cpus=num_cpus)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    """A real local Ray (2 CPUs) for the whole module."""
+    with local_ray(2):
+        yield
 
 
 @contextmanager

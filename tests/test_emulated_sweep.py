@@ -15,22 +15,15 @@ import pytest
 
 from raybench import results, sweep, traces
 
-from conftest import write_sweep
+from conftest import local_ray, write_sweep
 
 TRIAL = "resnet20v1_w4_cpu_bw1000_lat0.05_allreduce_s0"
 
 
 @pytest.fixture(scope="module")
 def ray_4cpus():
-    import ray
-
-    from raybench.driver import session
-
-    if ray.is_initialized():
-        ray.shutdown()
-    session.init_ray(None, num_cpus=4)
-    yield
-    ray.shutdown()
+    with local_ray(4):
+        yield
 
 
 def _run(tmp_path, cifar_dir, max_processes) -> pd.DataFrame:

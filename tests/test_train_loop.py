@@ -169,9 +169,8 @@ def _record(t: float) -> list:
 
 @pytest.mark.parametrize("failure", ["real", "release", "set_result"])
 def test_wire_passes_every_error_to_the_waiting_future_and_keeps_going(failure):
-    wire = hook._Wire(None)
+    wire = hook._Wire(None, threading.Lock())
     wire.start()
-    lock = threading.Lock()
     real, out, record = torch.futures.Future(), torch.futures.Future(), _record(time.perf_counter())
     if failure == "real":
         real.set_exception(RuntimeError("collective failed"))
@@ -181,7 +180,7 @@ def test_wire_passes_every_error_to_the_waiting_future_and_keeps_going(failure):
         record = _RefusingRecord(record)
     if failure == "set_result":
         out = _RefusingFuture()
-    wire.send(real, out, 0.0, record, lock)
+    wire.send(real, out, 0.0, record)
     assert _completes(out), "the wire never completed the future DDP waits on"
     with pytest.raises(RuntimeError, match="failed"):
         out.wait()
@@ -191,7 +190,7 @@ def test_wire_passes_every_error_to_the_waiting_future_and_keeps_going(failure):
     for value in (1.0, 2.0):
         done, fut, rec = torch.futures.Future(), torch.futures.Future(), _record(time.perf_counter())
         done.set_result(torch.full((3,), value))
-        wire.send(done, fut, 0.1, rec, lock)
+        wire.send(done, fut, 0.1, rec)
         futures.append(fut)
         records.append(rec)
     assert all(_completes(f) for f in futures)

@@ -69,22 +69,20 @@ class _Wire(threading.Thread):
     on the host before the device has produced and reduced the bucket (NCCL's does at enqueue).
     """
 
-    def __init__(self, device: torch.device | None) -> None:
+    def __init__(self, device: torch.device | None, lock: threading.Lock) -> None:
         super().__init__(name="raybench-wire", daemon=True)
-        self.device = device
+        self.device, self.lock = device, lock  # lock: the hook's, over the records and free_at
         self.free_at = 0.0  # when the wire finishes what it has taken so far (perf_counter)
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
 
-    def send(self, real: torch.futures.Future, out: torch.futures.Future, modelled: float,
-             record: list, lock: threading.Lock) -> None:
-        self._queue.put((real, out, modelled, record, lock))
+    def send(self, real: torch.futures.Future, out: torch.futures.Future, modelled: float, record: list) -> None:
+        self._queue.put((real, out, modelled, record))
 
     def run(self) -> None:
         while True:
             self._deliver(*self._queue.get())
 
-    def _deliver(self, real: torch.futures.Future, out: torch.futures.Future, modelled: float,
-                 record: list, lock: threading.Lock) -> None:
+    def _deliver(self, real: torch.futures.Future, out: torch.futures.Future, modelled: float, record: list) -> None:
         """Complete ``out`` with the real collective's result after the hold. Whatever fails on the way
         goes to ``out`` as its exception, so DDP, which waits on ``out``, gets the error instead of
         waiting forever, and the wire goes on with the other futures."""
@@ -92,7 +90,7 @@ class _Wire(threading.Thread):
             value = real.wait()  # on a GPU: this thread's current stream now waits for the collective's
             if self.device is not None:
                 torch.cuda.current_stream(self.device).synchronize()  # the device has finished the bucket
-            with lock:
+            with self.lock:
                 if self.device is not None:
                     record[1] = time.perf_counter()
                 start = record[1] if record[5] != record[5] else min(record[5], record[1])  # NaN: not measured
@@ -100,7 +98,7 @@ class _Wire(threading.Thread):
             wait = deadline - time.perf_counter()
             if wait > 0:
                 time.sleep(wait)
-            with lock:
+            with self.lock:
                 record[2] = time.perf_counter()
             out.set_result(value)  # on a GPU: DDP's stream waits for this thread's, which the host drained
         except Exception as e:
@@ -184,7 +182,7 @@ class LinkHook:
             # compute) is done on the host: the wire takes it (on a GPU, once the device is done too).
             with self._lock:
                 record[1] = time.perf_counter()
-            wire.send(real, out, modelled, record, self._lock)
+            wire.send(real, out, modelled, record)
 
         real.add_done_callback(real_finished)
         return out
@@ -192,7 +190,7 @@ class LinkHook:
     def _ensure_wire(self) -> _Wire:
         with self._lock:
             if self._wire is None:
-                self._wire = _Wire(self.device)
+                self._wire = _Wire(self.device, self._lock)
                 self._wire.start()
             return self._wire
 
