@@ -73,6 +73,40 @@ def one_rank_gloo():
         dist.destroy_process_group()
 
 
+def readme_quick_start() -> list[str]:
+    """The two commands of the README's quick start (install and run; the tests), one per line."""
+    import re
+
+    section = (ROOT / "README.md").read_text().split("## Quick start", 1)[1]
+    block = re.search(r"```bash\n(.*?)```", section, re.S).group(1)
+    return [line for line in block.splitlines() if line.strip()]
+
+
+def quickstart_command() -> list[str]:
+    """The run half of the README's first command (the install half is what .ci/run does), as argv."""
+    cmd = readme_quick_start()[0].split("&&")[-1].split()
+    assert cmd[:3] == ["python", "-m", "raybench.sweep"]
+    return [sys.executable, *cmd[1:]]
+
+
+def run_quickstart(flags: list[str], cifar_dir, cwd) -> subprocess.CompletedProcess:
+    """The README's quickstart command, exactly, plus ``flags``, in ``cwd``, on the offline copy."""
+    env = os.environ | {"RAYBENCH_DATA": str(cifar_dir)}
+    proc = subprocess.run([*quickstart_command(), *flags], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=900)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    return proc
+
+
+@pytest.fixture(scope="session")
+def quickstart_smoke(cifar_dir, tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path]:
+    """The README's quickstart command with --smoke, run once as a user runs it (a subprocess with its
+    own local Ray, in a fresh folder): its output, read by the README and console tests, and its
+    sweep folder."""
+    cwd = tmp_path_factory.mktemp("quickstart")
+    return run_quickstart(["--smoke"], cifar_dir, cwd), cwd / "results" / "quickstart"
+
+
 def write_sweep(path: Path, **fields) -> Path:
     """A sweep YAML file from keyword fields (nested dicts allowed)."""
     import yaml

@@ -54,7 +54,7 @@ def test_a_failed_trial_says_failed_with_its_error_and_a_rerun_completes_it(cifa
 
     f = write_sweep(tmp_path / "fails.yaml", name="fails", workers=[1],
                     schedule={"batch_per_worker": 64, "warmup_epochs": 0, "milestones": [], "epochs": 3},
-                    data={"train_images": 2048, "test_images": 256}, goal={"time_budget_s": None})
+                    data={"train_images": 1024, "test_images": 256}, goal={"time_budget_s": None})
     folder = tmp_path / "r" / "fails"
     proc = _cli([str(f)], tmp_path, cifar_dir)  # --max-failures 0: a dead worker fails the trial
     try:

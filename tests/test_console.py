@@ -1,9 +1,9 @@
 """The sweep's console: one line per epoch per trial, none of Ray Train's per-report dumps, and the
 ways to watch a sweep; ``--verbose`` brings Ray's logs back.
 
-A real smoke sweep (two trials, two epochs, 1 and 2 CPU workers) runs through the CLI; its stdout
-and stderr are read as a user sees them, and the progress lines are checked against the rows the
-sweep wrote.
+The README's quickstart command with --smoke (two trials of two epochs, 1 and 2 CPU workers; run
+once for the session by ``conftest.quickstart_smoke``) is read as a user sees it: its stdout and
+stderr, and the progress lines against the rows the sweep wrote.
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from conftest import write_sweep
 PROGRESS = re.compile(r"^\[(\d+)/(\d+)\] (\S+)  epoch (\d+)/(\d+)  test top-1 (\d\.\d{3})  (\d+) img/s  "
                       r"train (\d+\.\d) s  ETA (\d+:\d\d(?::\d\d)?)")
 DUMPS = ("TrainingReport(", results.ROW_KEY, "Logical resource usage", "Trial status:")
-EPOCHS = 2
+EPOCHS = 2  # --smoke runs at most 2 of the quickstart's 4 epochs
 
 
 def _sweep(tmp: Path, data: Path, name: str, workers: list[int], epochs: int, *extra: str):
@@ -34,8 +34,8 @@ def _sweep(tmp: Path, data: Path, name: str, workers: list[int], epochs: int, *e
 
 
 @pytest.fixture(scope="module")
-def quiet(tmp_path_factory, cifar_dir):
-    return _sweep(tmp_path_factory.mktemp("quiet"), cifar_dir, "quiet", [1, 2], EPOCHS)
+def quiet(quickstart_smoke):
+    return quickstart_smoke
 
 
 def test_one_progress_line_per_trial_epoch(quiet):

@@ -1,6 +1,5 @@
 """The README's commands, run as a user runs them."""
 import math
-import os
 import re
 import subprocess
 import sys
@@ -8,39 +7,17 @@ import sys
 import pandas as pd
 import pytest
 
-from conftest import ROOT, write_sweep
+from conftest import ROOT, quickstart_command, readme_quick_start, run_quickstart, write_sweep
 
 README = (ROOT / "README.md").read_text()
 
 
-def quick_start() -> list[str]:
-    section = README.split("## Quick start", 1)[1]
-    block = re.search(r"```bash\n(.*?)```", section, re.S).group(1)
-    return [line for line in block.splitlines() if line.strip()]
-
-
 def test_quick_start_is_install_and_run_then_pytest():
-    first, second = quick_start()
+    first, second = readme_quick_start()
     assert "pip install -e \".[test]\"" in first
     assert first.endswith("python -m raybench.sweep quickstart")
     assert second == "pytest"
     assert re.search(r"^pytest$", (ROOT / ".ci" / "run").read_text(), re.M), ".ci/run must run the README's tests"
-
-
-def quickstart_command() -> list[str]:
-    """The run half of the first command (the install half is what .ci/run does), as argv."""
-    cmd = quick_start()[0].split("&&")[-1].split()
-    assert cmd[:3] == ["python", "-m", "raybench.sweep"]
-    return [sys.executable, *cmd[1:]]
-
-
-def run_quickstart(flags: list[str], cifar_dir, cwd) -> subprocess.CompletedProcess:
-    """The README's quickstart command, exactly, plus ``flags``, in a fresh folder, on the offline copy."""
-    env = os.environ | {"RAYBENCH_DATA": str(cifar_dir)}
-    proc = subprocess.run([*quickstart_command(), *flags], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=900)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    return proc
 
 
 def test_quickstart_plans_what_the_readme_says(cifar_dir, tmp_path):
@@ -63,11 +40,11 @@ def test_quickstart_plans_what_the_readme_says(cifar_dir, tmp_path):
     assert {(t.data.train_images, t.schedule.epochs) for t in trials} == {(10_000, 4)}
 
 
-def test_quickstart_runs_as_the_readme_says(cifar_dir, tmp_path):
+def test_quickstart_runs_as_the_readme_says(quickstart_smoke):
     """The exact command, end to end with --smoke (every trial, every epoch, shrunk): real Ray, real
-    Parquet, in a fresh folder."""
-    run_quickstart(["--smoke"], cifar_dir, tmp_path)
-    df = pd.read_parquet(tmp_path / "results" / "quickstart")
+    Parquet, in a fresh folder (the run ``tests/test_console.py`` reads the console of)."""
+    _, folder = quickstart_smoke
+    df = pd.read_parquet(folder)
     assert sorted(df.groupby("workers").epoch.max().items()) == [(1, 2), (2, 2)]  # --smoke: at most 2 epochs
     assert sorted(zip(df.workers, df.epoch, strict=True)) == [(1, 1), (1, 2), (2, 1), (2, 2)]
 
