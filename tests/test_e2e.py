@@ -211,7 +211,8 @@ def test_local_ray_listens_on_loopback_or_requires_the_token(tmp_path):
     probe = ("import ray, sys\n"
              f"try:\n    ray.init(address='127.0.0.1:{gcs_port}', logging_level='ERROR')\n"
              "except Exception as e:\n    print(type(e).__name__, e); sys.exit(3)\n")
-    env = os.environ | {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(stranger)}
+    env = os.environ | {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(stranger),
+                        "RAY_gcs_server_port_wait_time_s": "2"}  # 2 tries to connect, not Ray's 20 (one a second)
     proc = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 3, proc.stdout + proc.stderr
     assert "auth" in (proc.stdout + proc.stderr).lower()
