@@ -124,16 +124,18 @@ def _points(ax, g: pd.DataFrame, x: str, y: str, colour: str, label: str | None,
 BAND_GID = "error band"  # the artists of the measured-error band (tests find them by this)
 
 
-def _band(ax, g: pd.DataFrame, x: str, y: str, colour: str, low: float, high: float, label: str | None) -> None:
-    """Shade ``low`` x y to ``high`` x y around ``g``'s hollow (emulated or predicted) points."""
+def _band(ax, g: pd.DataFrame, x: str, y: str, colour: str, low: float, high: float, label: str | None) -> bool:
+    """Shade ``low`` x y to ``high`` x y around ``g``'s hollow (emulated or predicted) points;
+    whether there were any."""
     pts = g[g["hollow"]].dropna(subset=[y]).sort_values(x)
     if pts.empty:
-        return
+        return False
     lo, hi = pts[y] * low, pts[y] * high
     if len(pts) == 1:  # one point: a bar, since a band needs two
         ax.vlines(pts[x], lo, hi, colors=colour, linewidth=6, alpha=0.25, gid=BAND_GID, label=label)
     else:
         ax.fill_between(pts[x], lo, hi, color=colour, alpha=0.15, linewidth=0, gid=BAND_GID, label=label)
+    return True
 
 
 def band_label(rel: float, what: str) -> str:
@@ -285,14 +287,16 @@ def plot_time_vs_workers(rows: pd.DataFrame, targets: dict, band=None):
                            "epoch": metrics.seconds_per_epoch(g), "hollow": hollow[key]}
                           for key, g in metrics.trials(rows)])
     rel = {"target": None if band is None else band.time_to_target, "epoch": None if band is None else band.epoch}
+    labelled = set()  # one legend entry per panel's band
     for i, (series, g) in enumerate(frame.groupby("series", sort=True)):
         for ax, col in ((ax_t, "target"), (ax_e, "epoch")):
             _points(ax, g, "workers", col, line_style(i)["color"], series if ax is ax_e else None,
                     line_style(i)["linestyle"])
             if rel[col] is not None:
-                _band(ax, g, "workers", col, line_style(i)["color"], max(1 - rel[col], 0.01), 1 + rel[col],
-                      band_label(rel[col], "time to target" if col == "target" else "time per epoch")
-                      if i == 0 else None)
+                what = "time to target" if col == "target" else "time per epoch"
+                if _band(ax, g, "workers", col, line_style(i)["color"], max(1 - rel[col], 0.01), 1 + rel[col],
+                         None if col in labelled else band_label(rel[col], what)):
+                    labelled.add(col)
     for ax in (ax_t, ax_e):
         _workers_axis(ax, sorted(frame["workers"].unique()))
         ax.set_yscale("log")

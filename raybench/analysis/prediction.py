@@ -167,7 +167,9 @@ def validation(found: Iterable[Measured], run_id: str = "validate") -> pd.DataFr
     """Every measured trial predicted from every other trial of ``found`` of the same configuration
     (other link or worker count; an emulated trial's trace predicts too, but its own times, being
     predicted, are never the yardstick): per epoch, predicted and measured ``epoch_seconds`` and the
-    error, and per pair the time to the trial's target both ways."""
+    error, and per pair the time to the measured trial's target, measured and predicted (the predicted
+    epochs' times up to the epoch at which the measured trial reached it: the accuracy is measured
+    exactly where it is predicted, by emulation or at the same workers, so only the times are checked)."""
     found = list(found)
     out = []
     for src in found:
@@ -176,8 +178,12 @@ def validation(found: Iterable[Measured], run_id: str = "validate") -> pd.DataFr
                 continue
             _, rows = predict(src, dst.link, dst.spec.workers, run_id)
             target = dst.spec.goal.target_top1
-            ttt_p = metrics.time_to_accuracy(pd.DataFrame(rows), target) if rows else None
-            ttt_m = metrics.time_to_accuracy(pd.DataFrame(dst.rows), target)
+            # the predicted times to the epoch at which the measured trial reached its target: a prediction
+            # from another worker count carries that count's accuracy, which is not the one to check
+            accuracy = {r["epoch"]: r["test_top1"] for r in dst.rows}
+            timed = pd.DataFrame([r | {"test_top1": accuracy.get(r["epoch"], math.nan)} for r in rows])
+            ttt_p = metrics.time_to_accuracy(timed, target) if rows and target is not None else None
+            ttt_m = metrics.time_to_accuracy(pd.DataFrame(dst.rows), target) if target is not None else None
             by_epoch = {r["epoch"]: r for r in dst.rows}
             for r in rows:
                 actual = by_epoch.get(r["epoch"])
