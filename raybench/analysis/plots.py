@@ -139,7 +139,7 @@ def _band(ax, g: pd.DataFrame, x: str, y: str, colour: str, low: float, high: fl
 
 
 def band_label(rel: float, what: str) -> str:
-    return f"error band, {what}: \u00b1{rel:.1%} (worst measured error of a prediction)"
+    return f"band, {what}: \u00b1{rel:.1%} (measured error)"
 
 
 def _workers_axis(ax, workers: Sequence[int]) -> None:
@@ -293,7 +293,7 @@ def plot_time_vs_workers(rows: pd.DataFrame, targets: dict, band=None):
             _points(ax, g, "workers", col, line_style(i)["color"], series if ax is ax_e else None,
                     line_style(i)["linestyle"])
             if rel[col] is not None:
-                what = "time to target" if col == "target" else "time per epoch"
+                what = "to target" if col == "target" else "per epoch"
                 if _band(ax, g, "workers", col, line_style(i)["color"], max(1 - rel[col], 0.01), 1 + rel[col],
                          None if col in labelled else band_label(rel[col], what)):
                     labelled.add(col)
