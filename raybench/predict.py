@@ -118,11 +118,7 @@ def _validate(found: list[prediction.Measured]) -> int:
     shown = table.assign(error=table["error"].map("{:+.1%}".format),
                          tta_error=table["tta_error"].map(lambda x: "-" if x is None or x != x else f"{x:+.1%}"))
     print(shown.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
-    worst = table["error"].abs().max()
-    tta = table["tta_error"].dropna().abs()
-    print(f"worst epoch-time error {worst:.1%} over {len(table)} epochs of "
-          f"{table[['predicted_from', 'trial_id']].drop_duplicates().shape[0]} predictions"
-          + (f"; worst time-to-target error {tta.max():.1%}" if len(tta) else "; no time to target on both sides"))
+    print(prediction.error_band(table).text())
     return 0
 
 

@@ -13,7 +13,7 @@ import math
 import sys
 
 from raybench import results
-from raybench.analysis import page
+from raybench.analysis import page, prediction
 
 EXIT_BAD_INPUT = 2
 REPORT_DIR = "_report"  # default --out, inside RESULTS_DIR; "_" keeps it out of the Parquet dataset
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     except results.ResultsError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    report = page.build(res, args.target, args.budget)
+    report = page.build(res, args.target, args.budget, prediction.checks_of(args.results_dir))
     out = args.out or results.join(results.folder(args.results_dir), REPORT_DIR)
     paths = page.write(report, out, str(args.results_dir))
     print(report.text)

@@ -160,3 +160,20 @@ def test_the_scale_sweep_is_resnet20_from_1_to_1024_workers_over_six_links():
     assert (spec.model.depth, spec.model.version, spec.goal.target_top1) == ([20], ["v1"], 0.80)
     assert spec.network.bandwidth_mbps == [1000, 10000, 100000] and spec.network.latency_ms == [0.005, 0.05]
     assert spec.max_processes == 1024 and max(spec.workers) * 32 <= 50_000
+
+
+def test_the_reduced_scale_sweep_is_the_scale_sweep_cut_to_fit_two_cores():
+    """sweeps/scale-reduced.yaml (issue 13, must-show 4): the scale sweep's grid, 1 to 1,024 workers
+    over its six links, with every trial's step fitting its 6,144 images and a target the small
+    worker counts reach in its 3 epochs; --replay trains one trial per worker count."""
+    from raybench.analysis.prediction import replay_plan
+
+    full, reduced = cfg.load("scale"), cfg.load("scale-reduced")
+    assert (reduced.workers, reduced.network, reduced.model) == (full.workers, full.network, full.model)
+    assert reduced.max_processes == 1024 and reduced.data.train_images == 6144
+    assert max(reduced.workers) * reduced.schedule.batch_per_worker == reduced.data.train_images
+    assert reduced.schedule.epochs == 3 and reduced.goal.target_top1 == 0.30 and reduced.goal.stop_at_target
+    trials = cfg.expand(reduced)
+    trained, fill = replay_plan(trials)
+    assert len(trials) == 66 and sorted(t.workers for t in trained) == reduced.workers
+    assert sum(len(v) for v in fill.values()) == 55

@@ -219,7 +219,7 @@ def test_validate_reports_the_error_of_every_checkable_prediction(live, tmp_path
     assert "worst epoch-time error" in proc.stdout and "over 12 epochs of 6 predictions" in proc.stdout
 
 
-def test_the_report_prints_the_error_where_a_grid_point_is_predicted_and_measured(live, tmp_path):
+def test_the_report_prints_the_error_of_every_checkable_prediction_as_validate_does(live, tmp_path):
     folder = _results_folder(tmp_path / "sweep", live, list(LINKS))
     proc = subprocess.run([sys.executable, "-m", "raybench.predict", str(folder), "--bandwidth-mbps", "5",
                            "--latency-ms", "0", "--out", str(folder)], capture_output=True, text=True, timeout=300)
@@ -228,5 +228,9 @@ def test_the_report_prints_the_error_where_a_grid_point_is_predicted_and_measure
                             capture_output=True, text=True, timeout=300)
     assert report.returncode == 0, report.stderr
     section = report.stdout.split("Prediction error", 1)[1]
-    assert section.count("resnet20v1_w2_cpu_bw5_lat0_allreduce_s0") == 2  # one line per epoch
-    assert "note: prediction error: worst" in report.stdout
+    # one line per prediction: the 5 Mbit/s trial predicted from the two others, and predicting them
+    assert section.count("resnet20v1_w2_cpu_bw5_lat0_allreduce_s0") == 4
+    validate = subprocess.run([sys.executable, "-m", "raybench.predict", str(folder), "--validate"],
+                              capture_output=True, text=True, timeout=300)
+    summary = validate.stdout.strip().splitlines()[-1]
+    assert summary.startswith("worst epoch-time error") and f"note: prediction error: {summary}" in report.stdout

@@ -24,12 +24,19 @@ class Report:
     notes: list[str]
 
 
-def build(res: results.Results, target: float | None = None, budget: float | None = None) -> Report:
-    """Tables, figures and notes for a results folder (nothing written)."""
+def build(res: results.Results, target: float | None = None, budget: float | None = None,
+          checks: pd.DataFrame | None = None) -> Report:
+    """Tables, figures and notes for a results folder (nothing written). ``checks``: the folder's
+    measured trials predicted from each other (``prediction.checks_of``; None: nothing checked),
+    whose worst error is the band drawn around emulated and predicted points."""
     rows = res.rows
     targets, budgets = tables.goals(res, target, budget)
     shown = [("Per-trial summary", tables.display(tables.summary(res, targets, budgets)))]
     figures, notes = [], []
+    hollow = rows["source"].isin(plots.HOLLOW).any()
+    band = prediction.error_band(checks if checks is not None else pd.DataFrame()) if hollow else None
+    if band is not None:
+        notes.append(f"prediction error: {band.text()}")
 
     figures.append(("accuracy_vs_time.png", "Test top-1 after each epoch against cumulative training time.",
                     plots.png_bytes(plots.plot_accuracy_vs_time(rows, targets, budgets))))
@@ -48,11 +55,11 @@ def build(res: results.Results, target: float | None = None, budget: float | Non
                 notes.append("speedup by time to target: not measurable (a trial of each pair did not reach "
                              "its target); time per epoch is shown")
             figures.append(("scaling.png", "Speedup and scaling efficiency against workers; solid: time to "
-                            "target, dashed: time per epoch; dotted black: ideal; hollow: emulated or predicted.",
-                            plots.png_bytes(plots.plot_scaling(scal, rows))))
+                            "target, dashed: time per epoch; dotted black: ideal; hollow: emulated or predicted"
+                            + _band_caption(band) + ".", plots.png_bytes(plots.plot_scaling(scal, rows, band))))
         figures.append(("tta_vs_workers.png", "Time to target and time per epoch against workers; hollow points: "
-                        "times emulated (virtual workers) or predicted (replayed), filled: measured.",
-                        plots.png_bytes(plots.plot_time_vs_workers(rows, targets))))
+                        "times emulated (virtual workers) or predicted (replayed), filled: measured"
+                        + _band_caption(band) + ".", plots.png_bytes(plots.plot_time_vs_workers(rows, targets, band))))
         figures.append(("epochs_vs_global_batch.png", "Epochs to the target against the global batch (trained "
                         "trials: measured and emulated).",
                         plots.png_bytes(plots.plot_epochs_vs_global_batch(rows, targets))))
@@ -62,15 +69,9 @@ def build(res: results.Results, target: float | None = None, budget: float | Non
             figures.append((f"time_vs_{name}.png", f"Time to target and time per epoch against link {name}.",
                             plots.png_bytes(plots.plot_vs_network(rows, field, targets))))
 
-    errors = prediction.errors_in(rows)
-    if not errors.empty:
-        shown.append(("Prediction error: predicted (replayed) against measured, same grid point",
-                      errors.assign(error=errors["error"].map("{:+.1%}".format)).round(3)))
-        notes.append(f"prediction error: worst {errors['error'].abs().max():.1%} over {len(errors)} epochs where a "
-                     f"grid point was both predicted and measured")
-    elif (rows["source"] == results.SOURCE_PREDICTED).any():
-        notes.append("prediction error: no grid point was both predicted and measured; run the sweep once without "
-                     "--replay (or python -m raybench.predict --validate) to measure it")
+    if band is not None and band.epoch is not None:
+        shown.append(("Prediction error: measured trials predicted from other trials of their configuration "
+                      "(python -m raybench.predict --validate)", error_table(checks)))
 
     figures.append(("compute_comm.png", "Training time per trial: compute, measured communication wait, and "
                     "the simulated link delay (part of communication).",
@@ -80,6 +81,31 @@ def build(res: results.Results, target: float | None = None, budget: float | Non
     if notes:
         text += "\n\n" + "\n".join(f"note: {n}" for n in notes)
     return Report(text, shown, figures, notes)
+
+
+def _band_caption(band: prediction.ErrorBand | None) -> str:
+    if band is None:
+        return ""
+    if band.epoch is None:
+        return "; prediction error unmeasured, so no error band"
+    return (f"; shaded: the measured prediction error around them, \u00b1{band.epoch:.1%} on time per epoch and "
+            f"\u00b1{band.time_to_target:.1%} on time to target ({band.pairs} predictions of {band.trials} measured "
+            f"trial(s) checked)")
+
+
+def error_table(checks: pd.DataFrame) -> pd.DataFrame:
+    """Per prediction of a measured trial: the epochs checked, the worst epoch-time error, and the
+    time to target predicted and measured, as text."""
+    per = checks.groupby(["predicted_from", "trial_id"], sort=False).agg(
+        epochs=("epoch", "size"), worst=("error", lambda e: e.loc[e.abs().idxmax()]),
+        tta_predicted=("tta_predicted_s", "first"), tta_measured=("tta_measured_s", "first"),
+        tta_error=("tta_error", "first")).reset_index()
+    return pd.DataFrame({
+        "predicted from": per["predicted_from"], "measured trial": per["trial_id"], "epochs": per["epochs"],
+        "worst epoch-time error": per["worst"].map("{:+.1%}".format),
+        "time to target predicted (s)": per["tta_predicted"].map(tables.num),
+        "measured (s)": per["tta_measured"].map(tables.num),
+        "error": per["tta_error"].map(lambda x: "-" if x is None or pd.isna(x) else f"{x:+.1%}")})
 
 
 STYLE = """body{font-family:system-ui,sans-serif;margin:2em;color:#222;max-width:1200px}

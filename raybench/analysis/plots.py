@@ -121,6 +121,27 @@ def _points(ax, g: pd.DataFrame, x: str, y: str, colour: str, label: str | None,
                    facecolors="none" if hollow else colour)
 
 
+BAND_GID = "error band"  # the artists of the measured-error band (tests find them by this)
+
+
+def _band(ax, g: pd.DataFrame, x: str, y: str, colour: str, low: float, high: float, label: str | None) -> bool:
+    """Shade ``low`` x y to ``high`` x y around ``g``'s hollow (emulated or predicted) points;
+    whether there were any."""
+    pts = g[g["hollow"]].dropna(subset=[y]).sort_values(x)
+    if pts.empty:
+        return False
+    lo, hi = pts[y] * low, pts[y] * high
+    if len(pts) == 1:  # one point: a bar, since a band needs two
+        ax.vlines(pts[x], lo, hi, colors=colour, linewidth=6, alpha=0.25, gid=BAND_GID, label=label)
+    else:
+        ax.fill_between(pts[x], lo, hi, color=colour, alpha=0.15, linewidth=0, gid=BAND_GID, label=label)
+    return True
+
+
+def band_label(rel: float, what: str) -> str:
+    return f"band, {what}: \u00b1{rel:.1%} (measured error)"
+
+
 def _workers_axis(ax, workers: Sequence[int]) -> None:
     if max(workers) / min(workers) >= 16:
         ax.set_xscale("log", base=2)
@@ -129,8 +150,10 @@ def _workers_axis(ax, workers: Sequence[int]) -> None:
     ax.grid(True, alpha=0.3)
 
 
-def plot_scaling(scal: pd.DataFrame, rows: pd.DataFrame):
-    """Speedup and efficiency against workers, per configuration and time metric, with the ideal."""
+def plot_scaling(scal: pd.DataFrame, rows: pd.DataFrame, band=None):
+    """Speedup and efficiency against workers, per configuration and time metric, with the ideal;
+    ``band`` (``prediction.ErrorBand``): emulated and predicted points shaded from S/(1+e) to
+    S/(1-e), e its error on the time (per epoch, or to target) that the speedup divides."""
     fig = _figure(10.0, 4.5)
     ax_s, ax_e = fig.subplots(1, 2)
     names = labels(rows, exclude=("workers",))
@@ -152,6 +175,10 @@ def plot_scaling(scal: pd.DataFrame, rows: pd.DataFrame):
         label = f"{config_label} ({metric})" if config_label else metric
         _points(ax_s, g, "workers", "speedup", colour, label, styles[metric])
         _points(ax_e, g, "workers", "efficiency_pct", colour, None, styles[metric])
+        rel = None if band is None else band.time_to_target if metric == "time to target" else band.epoch
+        if rel is not None and rel < 1:
+            for ax, col in ((ax_s, "speedup"), (ax_e, "efficiency_pct")):
+                _band(ax, g, "workers", col, colour, 1 / (1 + rel), 1 / (1 - rel), None)
     for ax in (ax_s, ax_e):
         _workers_axis(ax, workers)
     if max(workers) / min(workers) >= 16:
@@ -247,9 +274,10 @@ def plot_compute_comm(rows: pd.DataFrame):
     return fig
 
 
-def plot_time_vs_workers(rows: pd.DataFrame, targets: dict):
+def plot_time_vs_workers(rows: pd.DataFrame, targets: dict, band=None):
     """Time to target and time per epoch against workers, one line per configuration (and link);
-    emulated (virtual workers) and predicted points hollow."""
+    emulated (virtual workers) and predicted points hollow, shaded by ``band``
+    (``prediction.ErrorBand``: the measured error, +-e around each) where it was measured."""
     fig = _figure(10.0, 4.5)
     ax_t, ax_e = fig.subplots(1, 2)
     names = labels(rows, exclude=("workers", "source", "batch_per_worker"))
@@ -258,10 +286,17 @@ def plot_time_vs_workers(rows: pd.DataFrame, targets: dict):
     frame = pd.DataFrame([{"series": names[key], "workers": int(g["workers"].iloc[0]), "target": to_target(g),
                            "epoch": metrics.seconds_per_epoch(g), "hollow": hollow[key]}
                           for key, g in metrics.trials(rows)])
+    rel = {"target": None if band is None else band.time_to_target, "epoch": None if band is None else band.epoch}
+    labelled = set()  # one legend entry per panel's band
     for i, (series, g) in enumerate(frame.groupby("series", sort=True)):
         for ax, col in ((ax_t, "target"), (ax_e, "epoch")):
             _points(ax, g, "workers", col, line_style(i)["color"], series if ax is ax_e else None,
                     line_style(i)["linestyle"])
+            if rel[col] is not None:
+                what = "to target" if col == "target" else "per epoch"
+                if _band(ax, g, "workers", col, line_style(i)["color"], max(1 - rel[col], 0.01), 1 + rel[col],
+                         None if col in labelled else band_label(rel[col], what)):
+                    labelled.add(col)
     for ax in (ax_t, ax_e):
         _workers_axis(ax, sorted(frame["workers"].unique()))
         ax.set_yscale("log")
@@ -272,6 +307,9 @@ def plot_time_vs_workers(rows: pd.DataFrame, targets: dict):
     ax_e.set_ylabel("training time per epoch (s)")
     ax_e.set_title("Time per epoch against workers")
     handles, texts = ax_e.get_legend_handles_labels()
+    handles, texts = [*handles, *ax_t.get_legend_handles_labels()[0]], [*texts, *ax_t.get_legend_handles_labels()[1]]
+    if band is not None and band.epoch is None and frame["hollow"].any():
+        ax_e.text(0.02, 0.02, "error unmeasured: no band", transform=ax_e.transAxes, fontsize="small")
     if handles:
         fig.legend(handles, texts, fontsize="small", loc="outside lower center", ncols=min(3, len(handles)))
     return fig

@@ -158,20 +158,32 @@ def sources(found: Iterable[Measured]) -> list[Measured]:
     return [m for _, m in best.values()]
 
 
+def _timed_here(m: Measured) -> bool:
+    """Whether ``m``'s times were measured (an emulated trial's are themselves a prediction)."""
+    return all(r.get("source") in (None, results.SOURCE_MEASURED) for r in m.rows)
+
+
 def validation(found: Iterable[Measured], run_id: str = "validate") -> pd.DataFrame:
-    """Every measured trial predicted from every other measured trial of the same configuration (other
-    link or worker count): per epoch, predicted and measured ``epoch_seconds`` and the error, and per
-    pair the time to the trial's target both ways."""
+    """Every measured trial predicted from every other trial of ``found`` of the same configuration
+    (other link or worker count; an emulated trial's trace predicts too, but its own times, being
+    predicted, are never the yardstick): per epoch, predicted and measured ``epoch_seconds`` and the
+    error, and per pair the time to the measured trial's target, measured and predicted (the predicted
+    epochs' times up to the epoch at which the measured trial reached it: the accuracy is measured
+    exactly where it is predicted, by emulation or at the same workers, so only the times are checked)."""
     found = list(found)
     out = []
     for src in found:
         for dst in found:
-            if src is dst or not _same_config(src.spec, dst.spec):
+            if src is dst or not _timed_here(dst) or not _same_config(src.spec, dst.spec):
                 continue
             _, rows = predict(src, dst.link, dst.spec.workers, run_id)
             target = dst.spec.goal.target_top1
-            ttt_p = metrics.time_to_accuracy(pd.DataFrame(rows), target) if rows else None
-            ttt_m = metrics.time_to_accuracy(pd.DataFrame(dst.rows), target)
+            # the predicted times to the epoch at which the measured trial reached its target: a prediction
+            # from another worker count carries that count's accuracy, which is not the one to check
+            accuracy = {r["epoch"]: r["test_top1"] for r in dst.rows}
+            timed = pd.DataFrame([r | {"test_top1": accuracy.get(r["epoch"], math.nan)} for r in rows])
+            ttt_p = metrics.time_to_accuracy(timed, target) if rows and target is not None else None
+            ttt_m = metrics.time_to_accuracy(pd.DataFrame(dst.rows), target) if target is not None else None
             by_epoch = {r["epoch"]: r for r in dst.rows}
             for r in rows:
                 actual = by_epoch.get(r["epoch"])
@@ -187,21 +199,56 @@ def validation(found: Iterable[Measured], run_id: str = "validate") -> pd.DataFr
                                       "tta_predicted_s", "tta_measured_s", "tta_error"])
 
 
-def errors_in(rows: pd.DataFrame) -> pd.DataFrame:
-    """Where a results folder holds a predicted trial and the measured trial of the same grid point:
-    per epoch, the predicted and measured ``epoch_seconds`` and the error (for the report)."""
-    if "source" not in rows or not (rows["source"] == results.SOURCE_PREDICTED).any():
-        return pd.DataFrame(columns=["trial_id", "predicted_from", "epoch", "predicted_s", "measured_s", "error"])
-    pred = rows[rows["source"] == results.SOURCE_PREDICTED].copy()
-    meas = rows[rows["source"].fillna(results.SOURCE_MEASURED) == results.SOURCE_MEASURED]
-    pred["grid_id"] = pred["trial_id"].str.removesuffix(PREDICTED_SUFFIX)
-    both = pred.merge(meas[["sweep", "trial_id", "epoch", "epoch_seconds"]], how="inner",
-                      left_on=["sweep", "grid_id", "epoch"], right_on=["sweep", "trial_id", "epoch"],
-                      suffixes=("", "_measured"))
-    return pd.DataFrame({"trial_id": both["grid_id"], "predicted_from": both["predicted_from"],
-                         "epoch": both["epoch"], "predicted_s": both["epoch_seconds"],
-                         "measured_s": both["epoch_seconds_measured"],
-                         "error": both["epoch_seconds"] / both["epoch_seconds_measured"] - 1})
+@dataclass(frozen=True)
+class ErrorBand:
+    """The prediction error measured in a results folder (``validation``'s table): the worst
+    |error| of a predicted epoch time and, where the prediction and the measurement both reached
+    the target, of the time to target; None where nothing could be checked. The report draws
+    emulated and predicted points with a band of this relative width."""
+
+    epoch: float | None
+    tta: float | None
+    epochs: int  # checked epochs
+    pairs: int  # (predicted from, measured trial) pairs
+    trials: int  # measured trials checked
+    tta_pairs: int  # pairs where both reached the target
+
+    @property
+    def time_to_target(self) -> float | None:
+        """The band on time to target: a time to target is a sum of epoch times whose accuracy is
+        exact, so the worst epoch-time error bounds its error; the larger of the two is used."""
+        known = [e for e in (self.epoch, self.tta) if e is not None]
+        return max(known) if known else None
+
+    def text(self) -> str:
+        if self.epoch is None:
+            return ("unmeasured: no measured trial could be predicted from another trial of its configuration "
+                    "(other link or worker count, with a step trace), so emulated and predicted times carry "
+                    "no error band; measure a configuration at two worker counts or links to check them")
+        tta = (f"; worst time-to-target error {self.tta:.1%} over {_n(self.tta_pairs, 'prediction')} where both "
+               f"reached the target" if self.tta is not None else "; no time to target on both sides")
+        return (f"worst epoch-time error {self.epoch:.1%} over {_n(self.epochs, 'epoch')} of "
+                f"{_n(self.pairs, 'prediction')} of {_n(self.trials, 'measured trial')}{tta}")
+
+
+def _n(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+def error_band(checks: pd.DataFrame) -> ErrorBand:
+    """The worst measured errors of ``validation``'s table (pure)."""
+    if checks.empty:
+        return ErrorBand(None, None, 0, 0, 0, 0)
+    pairs = checks.drop_duplicates(["predicted_from", "trial_id"])
+    tta = pairs["tta_error"].dropna().astype(float).abs()
+    return ErrorBand(epoch=float(checks["error"].abs().max()), tta=float(tta.max()) if len(tta) else None,
+                     epochs=len(checks), pairs=len(pairs), trials=int(checks["trial_id"].nunique()),
+                     tta_pairs=len(tta))
+
+
+def checks_of(path) -> pd.DataFrame:
+    """``validation`` over the trials of a results folder (the report's error band; ``predict --validate``)."""
+    return validation(measured_trials(path)[0])
 
 
 # ---------------------------------------------------------------- sweep --replay: train once per configuration
