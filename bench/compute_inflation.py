@@ -5,10 +5,11 @@ slower on a slow link (after the idle wait for the previous step's gradients, or
 hook's own machinery: its wire thread and the one-float "ready" all-reduce), replay would come out
 low against both the live hook and a really shaped link. This runs two ranks side by side, as a
 2-worker trial does (gloo over loopback, one thread each, ResNet-20 v1, batch 64 of random images,
-DDP with ``LinkHook``), in interleaved rounds of four modes:
+DDP with ``LinkHook``), in interleaved rounds of five modes:
 
 * ``plain``: an unlimited link (the hook runs the bare collective; no wire, no ready all-reduce);
 * ``machinery``: a link so fast that its hold is about 0 (wire thread and ready all-reduce, no wait);
+* ``wire``: the same without the ready all-reduce (the wire thread alone);
 * ``slow``: a 20 Mbit/s link (machinery and about 0.42 s of waiting per step);
 * ``idle``: an unlimited link, then a sleep as long as the slow link's wait after every step
   (the wait without the machinery).
@@ -18,7 +19,7 @@ Per mode it prints the median over steps and rounds of each phase on rank 0's cl
 the last bucket's hand-over), ``step`` (the whole step, and ``step - wait``: the step less the time
 after the last hand-over until backward returned). Compute inflation shows as ``bucket0`` and
 ``rest`` growing from ``plain`` to ``slow``/``idle``; a cost of the hook's own, from ``plain`` to
-``machinery``.
+``machinery`` (and ``wire``: which part of it).
 
     python bench/compute_inflation.py --rounds 3 --steps 20
 """
@@ -44,7 +45,8 @@ from raybench.models import build  # noqa: E402
 from raybench.worker.comm.hook import LinkHook, link_hook  # noqa: E402
 from raybench.worker.comm.link import Link  # noqa: E402
 
-MODES = {"plain": (Link(), 0.0), "machinery": (Link(1e9), 0.0), "slow": (Link(20), 0.0), "idle": (Link(), None)}
+MODES = {"plain": (Link(), 0.0), "machinery": (Link(1e9), 0.0), "wire": (Link(1e9), 0.0), "slow": (Link(20), 0.0),
+         "idle": (Link(), None)}
 
 
 def rank_main(rank: int, args: argparse.Namespace, port: int, queue) -> None:
@@ -56,6 +58,8 @@ def rank_main(rank: int, args: argparse.Namespace, port: int, queue) -> None:
     for name, (link, _) in MODES.items():  # one model per mode (DDP registers its autograd hooks on it)
         torch.manual_seed(0)
         hooks[name] = LinkHook(link, 2)
+        if name == "wire":
+            hooks[name]._ready_op = False  # the wire thread without the one-float ready all-reduce
         ddps[name] = DDP(build("resnet", 20, "v1"))
         ddps[name].register_comm_hook(hooks[name], link_hook)
         opts[name] = torch.optim.SGD(ddps[name].parameters(), lr=0.01, momentum=0.9)

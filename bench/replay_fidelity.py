@@ -97,6 +97,7 @@ def main() -> int:
     p.add_argument("--bandwidths", type=float, nargs="+", help="allreduce's grid: these Mbit/s only")
     p.add_argument("--latencies", type=float, nargs="+", help="allreduce's grid: these one-way ms only")
     p.add_argument("--repeat", type=int, default=1, help="rounds: live, shaped and unlimited (traced) runs each")
+    p.add_argument("--first-round", type=int, default=0, help="number the rounds from here (more rounds into an --out)")
     p.add_argument("--skip-runs", action="store_true", help="only the tables, from an earlier --out")
     args = p.parse_args()
     if args.bandwidths or args.latencies:
@@ -104,7 +105,7 @@ def main() -> int:
         PLAN["allreduce"] = (args.bandwidths or b, args.latencies or lat)
     out = Path(args.out).resolve()
     if not args.skip_runs:
-        for k in range(args.repeat):
+        for k in range(args.first_round, args.first_round + args.repeat):
             for algorithm in args.algorithms:
                 bandwidths, latencies = PLAN[algorithm]
                 where = out / algorithm / f"r{k}"
