@@ -1,18 +1,22 @@
 """Replay fidelity: replaying one unlimited-link run against the live simulated and the shaped link (by hand; root)
 
-For each algorithm (allreduce over the whole grid; fp16 and PowerSGD at 100 Mbit/s, 0 ms):
+For each algorithm (allreduce over the whole grid; fp16 and PowerSGD at 100 Mbit/s, 0 ms), in each of
+``--repeat`` rounds (``OUT/<algorithm>/r<k>``):
 
 1. ``bench/network_fidelity.py`` runs the 2-worker ResNet-20 trial at every (bandwidth, latency)
    point twice, on the live simulated link and on a really shaped link between two Ray nodes in
-   network namespaces (see its docstring), into ``OUT/<algorithm>/results``;
+   network namespaces (see its docstring);
 2. the same trial runs once more on the simulated link at unlimited bandwidth (its step trace is
-   what replay reads);
-3. replay re-times that trace at every point (``raybench.analysis.prediction``).
+   what replay reads), after the points in even rounds and before them in odd ones, so that the
+   trace replay re-times sees the same machine as the runs it is checked against;
+3. replay re-times that round's trace at every point (``raybench.analysis.prediction``).
 
-Prints, per point, the mean epoch time of the epochs after the first on each of the three sides
-and each side's ratio to the shaped link. The goal: replay and live within 3% of the shaped link.
+A run's time is the mean epoch time of its epochs after the first. Prints, per point, each side's
+median over the rounds and its spread (min-max), and the ratios of the medians to the shaped
+link's; then how many points are within 3 % and 5 %, and one JSON line with every run's time.
+The goal: replay and live within 3 % of the shaped link.
 
-    python bench/replay_fidelity.py --data /work/data --out /tmp/replay-fidelity     # ~40 min on 2 idle cores
+    python bench/replay_fidelity.py --data /work/data --out /tmp/replay-fidelity     # ~20 min per round, 2 cores
     python bench/replay_fidelity.py --data /work/data --out /tmp/replay-fidelity --skip-runs   # tables again
 """
 from __future__ import annotations
@@ -63,9 +67,22 @@ def unlimited_run(out: Path, args: argparse.Namespace, algorithm: str) -> Path:
     return out / "results" / name
 
 
-def side(results: Path, kind: str, b: float, lat: float) -> float | None:
-    runs = [read_results(d) for d in sorted(results.glob(f"fidelity_{kind}_bw{b:g}_lat{lat:g}_*")) if d.is_dir()]
-    return later_mean(pd.concat(runs)) if runs else None
+def side(results: Path, kind: str, b: float, lat: float) -> list[float]:
+    """Each run's time at one point on one side (``sim``: live hook, ``real``: shaped link)."""
+    return [later_mean(read_results(d)) for d in sorted(results.glob(f"fidelity_{kind}_bw{b:g}_lat{lat:g}_*"))
+            if d.is_dir()]
+
+
+def spread(values: list[float]) -> dict[str, float | None]:
+    """Median, min and max of one side's runs at one point."""
+    if not values:
+        return {"median": None, "min": None, "max": None}
+    return {"median": float(pd.Series(values).median()), "min": min(values), "max": max(values)}
+
+
+def rounds(where: Path) -> list[Path]:
+    """The rounds' folders of one algorithm (an --out written before rounds existed: itself)."""
+    return sorted(where.glob("r[0-9]*"), key=lambda d: int(d.name[1:])) or [where]
 
 
 def main() -> int:
@@ -79,43 +96,65 @@ def main() -> int:
     p.add_argument("--algorithms", nargs="+", default=list(PLAN), choices=list(PLAN))
     p.add_argument("--bandwidths", type=float, nargs="+", help="allreduce's grid: these Mbit/s only")
     p.add_argument("--latencies", type=float, nargs="+", help="allreduce's grid: these one-way ms only")
-    p.add_argument("--repeat", type=int, default=1, help="rounds of live and shaped runs (network_fidelity's --repeat)")
+    p.add_argument("--repeat", type=int, default=1, help="rounds: live, shaped and unlimited (traced) runs each")
+    p.add_argument("--first-round", type=int, default=0, help="number the rounds from here (more rounds into an --out)")
     p.add_argument("--skip-runs", action="store_true", help="only the tables, from an earlier --out")
     args = p.parse_args()
     if args.bandwidths or args.latencies:
         b, lat = PLAN["allreduce"]
         PLAN["allreduce"] = (args.bandwidths or b, args.latencies or lat)
     out = Path(args.out).resolve()
-    table = []
+    if not args.skip_runs:
+        for k in range(args.first_round, args.first_round + args.repeat):
+            for algorithm in args.algorithms:
+                bandwidths, latencies = PLAN[algorithm]
+                where = out / algorithm / f"r{k}"
+                where.mkdir(parents=True, exist_ok=True)
+                if k % 2:
+                    unlimited_run(where, args, algorithm)
+                subprocess.run([sys.executable, str(REPO / "bench" / "network_fidelity.py"), "--data", args.data,
+                                "--out", str(where), "--algorithm", algorithm, "--epochs", str(args.epochs),
+                                "--train-images", str(args.train_images), "--test-images", str(args.test_images),
+                                "--batch", str(args.batch), "--bandwidths", *map(str, bandwidths),
+                                "--latencies", *map(str, latencies), "--repeat", "1", "--no-link",
+                                "--no-collective"], check=True)
+                if not k % 2:
+                    unlimited_run(where, args, algorithm)
+    table, runs = [], []
     for algorithm in args.algorithms:
         bandwidths, latencies = PLAN[algorithm]
-        where = out / algorithm
-        where.mkdir(parents=True, exist_ok=True)
-        if not args.skip_runs:
-            subprocess.run([sys.executable, str(REPO / "bench" / "network_fidelity.py"), "--data", args.data,
-                            "--out", str(where), "--algorithm", algorithm, "--epochs", str(args.epochs),
-                            "--train-images", str(args.train_images), "--test-images", str(args.test_images),
-                            "--batch", str(args.batch), "--bandwidths", *map(str, bandwidths),
-                            "--latencies", *map(str, latencies), "--repeat", str(args.repeat), "--no-link",
-                            "--no-collective"], check=True)
-            unlimited_run(where, args, algorithm)
-        found, skipped = prediction.measured_trials(where / "results" / f"fidelity_sim_unlimited_{algorithm}")
-        if not found:
-            raise SystemExit(f"no traced unlimited run in {where}: {skipped}")
-        (m,) = found
-        for b in bandwidths:
-            for lat in latencies:
-                _, rows = prediction.predict(m, Link(b, lat), 2, "replay-fidelity")
-                rep = later_mean(pd.DataFrame(rows))
-                sim, real = side(where / "results", "sim", b, lat), side(where / "results", "real", b, lat)
-                table.append({"algorithm": algorithm, "mbit_s": b, "lat_ms": lat, "live_s": sim, "replay_s": rep,
-                              "shaped_s": real,
-                              "live/shaped": sim / real if sim and real else None,
-                              "replay/shaped": rep / real if real else None,
-                              "replay/live": rep / sim if sim else None})
+        per = {(b, lat): {"live": [], "replay": [], "shaped": []} for b in bandwidths for lat in latencies}
+        for where in rounds(out / algorithm):
+            found, skipped = prediction.measured_trials(where / "results" / f"fidelity_sim_unlimited_{algorithm}")
+            if not found:
+                print(f"no traced unlimited run in {where}: {skipped}", file=sys.stderr)
+            for (b, lat), sides in per.items():
+                res = where / "results"
+                got = {"live": side(res, "sim", b, lat), "shaped": side(res, "real", b, lat),
+                       "replay": [later_mean(pd.DataFrame(prediction.predict(m, Link(b, lat), 2, "replay-fidelity")[1]))
+                                  for m in found]}
+                for k, v in got.items():
+                    sides[k] += v
+                runs.append({"algorithm": algorithm, "round": where.name, "mbit_s": b, "lat_ms": lat} | got)
+        for (b, lat), sides in per.items():
+            live, rep, real = (spread(sides[k]) for k in ("live", "replay", "shaped"))
+
+            def ratio(x: dict, y: dict) -> float | None:
+                return x["median"] / y["median"] if x["median"] and y["median"] else None
+
+            table.append({"algorithm": algorithm, "mbit_s": b, "lat_ms": lat, "n": len(sides["shaped"]),
+                          "live_s": live["median"], "live_min": live["min"], "live_max": live["max"],
+                          "replay_s": rep["median"], "replay_min": rep["min"], "replay_max": rep["max"],
+                          "shaped_s": real["median"], "shaped_min": real["min"], "shaped_max": real["max"],
+                          "live/shaped": ratio(live, real), "replay/shaped": ratio(rep, real),
+                          "replay/live": ratio(rep, live)})
     df = pd.DataFrame(table)
     print(df.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
-    print(json.dumps(table))
+    for col in ("live/shaped", "replay/shaped"):
+        x = df[col].dropna()
+        print(f"{col}: {int(((x - 1).abs() <= 0.03).sum())} of {len(x)} points within 3 %, "
+              f"{int(((x - 1).abs() <= 0.05).sum())} within 5 % (ratios of the medians over the rounds)")
+    print(json.dumps({"points": table, "runs": runs}))
     return 0
 
 

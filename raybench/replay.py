@@ -20,6 +20,11 @@ A trace recorded at any link replays at any other: the real collective's end doe
 the hold the live hook added after it. At another worker count the link model's p changes and the
 traced ranks stand for the new ones (their compute is the same per batch); the epoch's step count
 scales with 1/p. What that misses is measured by ``python -m raybench.predict --validate``.
+
+Compute is the trace's own. Where a step computes slower after waiting for the link (on a 2-core
+VM, a ResNet-20 step's forward and backward took 7 to 16% longer at 100 and 20 Mbit/s than at
+unlimited bandwidth, live and really shaped alike), a trace recorded at unlimited bandwidth
+replays slow links short by that much (``bench/replay_fidelity.py``, ``bench/compute_inflation.py``).
 """
 from __future__ import annotations
 
