@@ -24,6 +24,11 @@ class Report:
     notes: list[str]
 
 
+def shows_predictions(rows: pd.DataFrame) -> bool:
+    """Whether the report draws emulated or predicted points (and so needs the prediction checks)."""
+    return bool(rows["source"].isin(plots.HOLLOW).any())
+
+
 def build(res: results.Results, target: float | None = None, budget: float | None = None,
           checks: pd.DataFrame | None = None) -> Report:
     """Tables, figures and notes for a results folder (nothing written). ``checks``: the folder's
@@ -33,8 +38,8 @@ def build(res: results.Results, target: float | None = None, budget: float | Non
     targets, budgets = tables.goals(res, target, budget)
     shown = [("Per-trial summary", tables.display(tables.summary(res, targets, budgets)))]
     figures, notes = [], []
-    hollow = rows["source"].isin(plots.HOLLOW).any()
-    band = prediction.error_band(checks if checks is not None else pd.DataFrame()) if hollow else None
+    band = (prediction.error_band(checks if checks is not None else pd.DataFrame()) if shows_predictions(rows)
+            else None)
     if band is not None:
         notes.append(f"prediction error: {band.text()}")
 

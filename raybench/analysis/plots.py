@@ -11,7 +11,7 @@ import pandas as pd
 
 from raybench.analysis import metrics
 from raybench.analysis.tables import Key, bandwidth_text, pct, time_metrics, trial_order
-from raybench.results import TRIAL_KEY
+from raybench.results import SOURCE_EMULATED, SOURCE_PREDICTED, TRIAL_KEY
 
 
 def _figure(width: float = 8.0, height: float = 4.8):
@@ -101,7 +101,7 @@ def plot_accuracy_vs_time(rows: pd.DataFrame, targets: dict, budgets: dict):
     return fig
 
 
-HOLLOW = ("emulated", "predicted")  # points whose times are not measured: drawn hollow
+HOLLOW = (SOURCE_EMULATED, SOURCE_PREDICTED)  # points whose times are not measured: drawn hollow
 
 
 def _hollow(rows: pd.DataFrame) -> dict[Key, bool]:
@@ -306,8 +306,8 @@ def plot_time_vs_workers(rows: pd.DataFrame, targets: dict, band=None):
     ax_t.set_title("Time to accuracy target against workers")
     ax_e.set_ylabel("training time per epoch (s)")
     ax_e.set_title("Time per epoch against workers")
-    handles, texts = ax_e.get_legend_handles_labels()
-    handles, texts = [*handles, *ax_t.get_legend_handles_labels()[0]], [*texts, *ax_t.get_legend_handles_labels()[1]]
+    (handles, texts), (t_handles, t_texts) = ax_e.get_legend_handles_labels(), ax_t.get_legend_handles_labels()
+    handles, texts = [*handles, *t_handles], [*texts, *t_texts]
     if band is not None and band.epoch is None and frame["hollow"].any():
         ax_e.text(0.02, 0.02, "error unmeasured: no band", transform=ax_e.transAxes, fontsize="small")
     if handles:
