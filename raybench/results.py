@@ -309,12 +309,18 @@ def _conform(table: pa.Table) -> pa.Table:
     return pa.table([column(n, f) for n, f in zip(SCHEMA.names, SCHEMA, strict=True)], schema=SCHEMA)
 
 
-def read_trial(path: str | os.PathLike) -> tuple[list[dict[str, Any]], dict[str, str]]:
-    """A trial file's rows and its metadata (keys and values as text)."""
+def _read_file(path: str | os.PathLike) -> tuple[pa.Table, dict[str, str]]:
+    """A trial file's rows in today's schema, and its metadata (keys and values as text)."""
     fs, p = _fs(path)
     table = _read_table(fs, p)
     meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items() if k.startswith(b"raybench.")}
-    return _conform(table).to_pylist(), meta
+    return _conform(table), meta
+
+
+def read_trial(path: str | os.PathLike) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """A trial file's rows and its metadata (keys and values as text)."""
+    table, meta = _read_file(path)
+    return table.to_pylist(), meta
 
 
 def trial_config(meta: Mapping[str, str]) -> dict[str, Any]:
@@ -342,6 +348,7 @@ class TrialFile:
     path: str | Path
     rows: list[dict[str, Any]]
     meta: dict[str, str]
+    table: pa.Table = field(repr=False, compare=False)  # the same rows, in today's schema
 
 
 def read_trials(path: str | os.PathLike) -> list[TrialFile]:
@@ -360,7 +367,8 @@ def read_trials(path: str | os.PathLike) -> list[TrialFile]:
     trials = []
     for f in files:
         try:
-            trials.append(TrialFile(f, *read_trial(f)))
+            table, meta = _read_file(f)
+            trials.append(TrialFile(f, table.to_pylist(), meta, table))
         except (pa.ArrowInvalid, OSError) as e:
             raise ResultsError(f"{f}: not a readable trial file ({e})") from None
     return trials
@@ -373,6 +381,7 @@ class Results:
     rows: pd.DataFrame
     files: dict[tuple[str, str], str | Path]
     meta: dict[tuple[str, str], dict[str, str]]
+    trials: list[TrialFile] = field(default_factory=list)  # every file as read, the rows' only source
 
     def config(self, key: tuple[str, str]) -> dict[str, Any]:
         """The trial's resolved config (TrialSpec JSON), or {} when the file has none."""
@@ -383,17 +392,16 @@ class Results:
 
 
 def load(path: str | os.PathLike) -> Results:
-    """The rows (``read_results``) and the trials' files and metadata under ``path``; raises
-    ResultsError as ``read_trials`` does, or when the files hold no epoch rows."""
+    """The rows (as ``read_results`` gives them) and the trials' files and metadata under ``path``, every
+    file read once (one consistent view while a sweep rewrites them); raises ResultsError as
+    ``read_trials`` does, or when the files hold no epoch rows."""
     files, meta = {}, {}
-    for t in read_trials(path):
+    trials = read_trials(path)
+    for t in trials:
         if t.rows:  # a file without rows says nothing
             key = tuple(t.rows[0][k] for k in TRIAL_KEY)
             files[key], meta[key] = t.path, t.meta
-    try:
-        rows = read_results(path)
-    except (pa.ArrowInvalid, OSError) as e:
-        raise ResultsError(f"RESULTS_DIR {str(path)!r}: cannot be read as one dataset ({e})") from None
+    rows = pa.concat_tables([t.table for t in trials]).to_pandas()
     if rows.empty:
         raise ResultsError(f"RESULTS_DIR {str(path)!r}: the trial files hold no epoch rows yet")
-    return Results(rows, files, meta)
+    return Results(rows, files, meta, trials)

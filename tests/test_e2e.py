@@ -49,6 +49,7 @@ def test_smoke_scalability_writes_one_row_per_trial_and_epoch(cifar_dir, tmp_pat
     actors = [a.class_name for a in list_actors(address=ray.get_runtime_context().gcs_address, limit=10_000)]
     assert "TrainController" in actors and "RayTrainWorker" in actors
     assert not set(actors) & {*lean.DROPPED_ACTORS, "_AutoscalingCoordinatorActor"}, actors
+    assert [actors.count(a) for a in lean.SHARED_ACTORS] == [1] * len(lean.SHARED_ACTORS), actors  # not one per trial
     # The start-up timestamps bench/startup.py reads travel with each trial's first result into Tune's files;
     # both trials' results came from one process (Tune's reuse_actors: one trainable for both trials).
     firsts = [json.loads(f.read_text().splitlines()[0])

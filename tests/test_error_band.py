@@ -184,3 +184,16 @@ def test_a_sweep_without_emulated_or_predicted_points_has_no_band_note(tmp_path,
     rows.scaling_sweep(tmp_path, workers=(1, 2))
     assert report.main([str(tmp_path), "--out", str(tmp_path / "o")]) == 0
     assert "prediction error" not in capsys.readouterr().out
+
+
+def test_the_report_reads_each_trial_file_once(tmp_path, monkeypatch):
+    """The rows, the metadata and the prediction checks come from one read of each file: one consistent view
+    while a running sweep rewrites them, and a third of the reading on a large sweep."""
+    checked_folder(tmp_path)
+    opened = []
+    read = results._read_table
+    monkeypatch.setattr(results, "_read_table", lambda fs, p: opened.append(p) or read(fs, p))
+    assert report.main([str(tmp_path), "--out", str(tmp_path / "o")]) == 0
+    trial_files = [p for p in opened if f"/{traces.TRACE_DIR}/" not in p]
+    assert len(trial_files) == 3 and len(set(trial_files)) == 3, opened  # 1, 2 and 4 workers, once each
+    assert len(opened) == 6 and len(set(opened)) == 6, opened  # and each one's step trace, once

@@ -61,6 +61,8 @@ def run_trial(config: dict[str, Any], data_ref: list | None = None) -> None:
     entered = time.time()
     trial = TrialSpec.model_validate(config["trial"])
     trainer_cls = lean.LeanTrainer if lean.is_local() else DataParallelTrainer
+    if lean.is_local():
+        lean.share_report_queue()  # before TuneReportCallback, which would start a queue actor per trial
     trainer = trainer_cls(  # TorchTrainer's set-up, without torch in this process or the controller (backend)
         train_worker,
         train_loop_config=config | {STARTUP_KEY: {"trainable": entered}, DATA_REF_KEY: data_ref},
