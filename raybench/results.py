@@ -123,9 +123,8 @@ ERROR_CHARS = 4096
 def git_commit() -> str | None:
     """The commit of the raybench checkout in use, when it is a git checkout."""
     try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
-        )
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                             text=True, timeout=5)
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None if out.returncode == 0 else None
@@ -203,10 +202,9 @@ def to_table(rows: Iterable[EpochRow | Mapping[str, Any]], metadata: Mapping[byt
 def write_trial(path: str | os.PathLike, table: pa.Table) -> None:
     """Write a trial's whole file atomically: a temporary name in the same folder, fsync, rename.
 
-    A reader sees the old file or the new one, never half of one; if the write fails the old file
-    stays as it was and the temporary file is removed. A ``file://`` URI is a local path and is
-    written the same way. On an object store (s3://, gs://) the file is written as one object, which
-    object stores also replace atomically.
+    A reader sees the old file or the new one, never half of one; if the write fails the old file stays
+    and the temporary file is removed. A ``file://`` URI is a local path. On an object store (s3://,
+    gs://) the file is written as one object, which object stores also replace atomically.
     """
     fs, p = _fs(path)
     if not isinstance(fs, pafs.LocalFileSystem):
@@ -289,9 +287,8 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 
 def _read_table(fs: pafs.FileSystem, p: str) -> pa.Table:
-    """One file through one open handle. The writer replaces a file by renaming a new one over it;
-    a reader that opens the path twice (pyarrow's reader by path does: once for the footer, once for
-    the pages) can get the footer of one version and the pages of the next."""
+    """One file through one open handle. The writer renames a new file over the old; a reader that opens
+    the path twice (pyarrow's by path: footer, then pages) can mix two versions."""
     with fs.open_input_file(p) as f:
         return pq.read_table(f)
 
@@ -333,11 +330,9 @@ def read_results(path: str | os.PathLike) -> pd.DataFrame:
     Same result as ``pd.read_parquet(path)`` on a sweep folder; files and folders whose names start
     with ``_`` or ``.`` (Ray's run state, temporary files) are not part of the dataset.
     """
-    fs, p = _fs(path)
-    if fs.get_file_info(p).type == pafs.FileType.NotFound:
+    if not exists(path):
         raise FileNotFoundError(f"{path}: no such file or folder")
-    files = [f"{p.rstrip('/')}/{rel}" if rel else p for rel in _trial_names(fs, p)]
-    tables = [_conform(_read_table(fs, f)) for f in files]
+    tables = [_read_file(f)[0] for f in trial_files(path)]
     return (pa.concat_tables(tables) if tables else SCHEMA.empty_table()).to_pandas()
 
 
@@ -392,11 +387,9 @@ class Results:
 
 
 def load(path: str | os.PathLike) -> Results:
-    """The rows (as ``read_results`` gives them) and the trials' files and metadata under ``path``, every
-    file read once (one consistent view while a sweep rewrites them); raises ResultsError as
-    ``read_trials`` does, or when the files hold no epoch rows."""
-    files, meta = {}, {}
-    trials = read_trials(path)
+    """The rows (as ``read_results``), files and metadata of the trials under ``path``, each file read once
+    (one view while a sweep rewrites them); ResultsError as ``read_trials``, or when there are no rows."""
+    files, meta, trials = {}, {}, read_trials(path)
     for t in trials:
         if t.rows:  # a file without rows says nothing
             key = tuple(t.rows[0][k] for k in TRIAL_KEY)
