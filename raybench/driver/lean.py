@@ -79,7 +79,6 @@ class LeanTrainer(DataParallelTrainer):
         return super()._initialize_and_run_controller(**kwargs)
 
 
-
 class ReportQueue:
     """The channel from a trial's Train controller (``TuneReportCallback`` puts each report) to its
     trainable (Tune's session gets them), as Ray's ``util.queue.Queue`` with one difference: Tune's
