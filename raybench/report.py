@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     # the step traces are read only where the report draws emulated or predicted points
-    checks = prediction.checks_of(args.results_dir, res.trials) if page.shows_predictions(res.rows) else None
+    checks = prediction.checks_of(res.trials) if page.shows_predictions(res.rows) else None
     report = page.build(res, args.target, args.budget, checks)
     out = args.out or results.join(results.folder(args.results_dir), REPORT_DIR)
     paths = page.write(report, out, str(args.results_dir))

@@ -17,6 +17,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from datetime import datetime
 from enum import StrEnum
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -202,9 +203,8 @@ def to_table(rows: Iterable[EpochRow | Mapping[str, Any]], metadata: Mapping[byt
 def write_trial(path: str | os.PathLike, table: pa.Table) -> None:
     """Write a trial's whole file atomically: a temporary name in the same folder, fsync, rename.
 
-    A reader sees the old file or the new one, never half of one; if the write fails the old file stays
-    and the temporary file is removed. A ``file://`` URI is a local path. On an object store (s3://,
-    gs://) the file is written as one object, which object stores also replace atomically.
+    A reader sees the old file or the new one, never half of one; a failed write leaves the old file and
+    no temporary one. ``file://`` is a local path; an object store (s3://, gs://) replaces one object atomically.
     """
     fs, p = _fs(path)
     if not isinstance(fs, pafs.LocalFileSystem):
@@ -306,18 +306,18 @@ def _conform(table: pa.Table) -> pa.Table:
     return pa.table([column(n, f) for n, f in zip(SCHEMA.names, SCHEMA, strict=True)], schema=SCHEMA)
 
 
-def _read_file(path: str | os.PathLike) -> tuple[pa.Table, dict[str, str]]:
-    """A trial file's rows in today's schema, and its metadata (keys and values as text)."""
+def _read_file(path: str | os.PathLike) -> TrialFile:
+    """A trial file, read once: its metadata and its rows in today's schema."""
     fs, p = _fs(path)
     table = _read_table(fs, p)
     meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items() if k.startswith(b"raybench.")}
-    return _conform(table), meta
+    return TrialFile(path, meta, _conform(table))
 
 
 def read_trial(path: str | os.PathLike) -> tuple[list[dict[str, Any]], dict[str, str]]:
     """A trial file's rows and its metadata (keys and values as text)."""
-    table, meta = _read_file(path)
-    return table.to_pylist(), meta
+    t = _read_file(path)
+    return t.rows, t.meta
 
 
 def trial_config(meta: Mapping[str, str]) -> dict[str, Any]:
@@ -332,18 +332,21 @@ def read_results(path: str | os.PathLike) -> pd.DataFrame:
     """
     if not exists(path):
         raise FileNotFoundError(f"{path}: no such file or folder")
-    tables = [_read_file(f)[0] for f in trial_files(path)]
+    tables = [_read_file(f).table for f in trial_files(path)]
     return (pa.concat_tables(tables) if tables else SCHEMA.empty_table()).to_pandas()
 
 
 @dataclass(frozen=True)
 class TrialFile:
-    """One trial file as read: where it is, its rows and its metadata (keys and values as text)."""
+    """One trial file as read: where it is, its metadata (keys and values as text) and its rows."""
 
     path: str | Path
-    rows: list[dict[str, Any]]
     meta: dict[str, str]
-    table: pa.Table = field(repr=False, compare=False)  # the same rows, in today's schema
+    table: pa.Table = field(repr=False, compare=False)  # the rows, in today's schema
+
+    @cached_property
+    def rows(self) -> list[dict[str, Any]]:
+        return self.table.to_pylist()
 
 
 def read_trials(path: str | os.PathLike) -> list[TrialFile]:
@@ -362,8 +365,7 @@ def read_trials(path: str | os.PathLike) -> list[TrialFile]:
     trials = []
     for f in files:
         try:
-            table, meta = _read_file(f)
-            trials.append(TrialFile(f, table.to_pylist(), meta, table))
+            trials.append(_read_file(f))
         except (pa.ArrowInvalid, OSError) as e:
             raise ResultsError(f"{f}: not a readable trial file ({e})") from None
     return trials
@@ -389,11 +391,9 @@ class Results:
 def load(path: str | os.PathLike) -> Results:
     """The rows (as ``read_results``), files and metadata of the trials under ``path``, each file read once
     (one view while a sweep rewrites them); ResultsError as ``read_trials``, or when there are no rows."""
-    files, meta, trials = {}, {}, read_trials(path)
-    for t in trials:
-        if t.rows:  # a file without rows says nothing
-            key = tuple(t.rows[0][k] for k in TRIAL_KEY)
-            files[key], meta[key] = t.path, t.meta
+    trials = read_trials(path)  # a file without rows says nothing of its trial:
+    keyed = [(tuple(t.table[k][0].as_py() for k in TRIAL_KEY), t) for t in trials if t.table.num_rows]
+    files, meta = {key: t.path for key, t in keyed}, {key: t.meta for key, t in keyed}
     rows = pa.concat_tables([t.table for t in trials]).to_pandas()
     if rows.empty:
         raise ResultsError(f"RESULTS_DIR {str(path)!r}: the trial files hold no epoch rows yet")

@@ -76,7 +76,7 @@ def test_only_measured_trials_are_the_yardstick(tmp_path):
     """The 4-worker trial is emulated: its trace predicts the measured ones, but its own times are
     predictions, so no prediction is checked against them."""
     specs = checked_folder(tmp_path)
-    checks = prediction.checks_of(tmp_path)
+    checks = prediction.checks_of(results.read_trials(tmp_path))
     ids = [s.trial_id for s in specs]
     assert sorted(set(zip(checks["predicted_from"], checks["trial_id"], strict=True))) == sorted(
         [(ids[1], ids[0]), (ids[2], ids[0]), (ids[0], ids[1]), (ids[2], ids[1])])
@@ -102,7 +102,7 @@ def test_the_report_draws_the_band_of_the_worst_measured_error_and_says_which(tm
     assert worst > 0.05  # the hand-set measured times are not what the traces replay to
     assert tta <= worst  # a sum of epoch times: its error is at most the epochs' worst
 
-    rep = page.build(results.load(tmp_path), checks=prediction.checks_of(tmp_path))
+    rep = page.build(results.load(tmp_path), checks=prediction.checks_of(results.read_trials(tmp_path)))
     (note,) = [n for n in rep.notes if n.startswith("prediction error")]
     assert f"worst epoch-time error {worst:.1%} over 8 epochs of 4 predictions of 2 measured trials" in note
     assert f"worst time-to-target error {tta:.1%}" in note
@@ -112,7 +112,7 @@ def test_the_report_draws_the_band_of_the_worst_measured_error_and_says_which(tm
 
     res = results.load(tmp_path)
     fig = plots.plot_time_vs_workers(res.rows, {k: 0.5 for k in res.files}, prediction.error_band(
-        prediction.checks_of(tmp_path)))
+        prediction.checks_of(results.read_trials(tmp_path))))
     per_epoch = res.rows[res.rows["workers"] == 4]["epoch_seconds"].mean()
     ax_t, ax_e = fig.axes[:2]
     (bar,) = [c for c in ax_e.collections if c.get_gid() == plots.BAND_GID]  # one emulated point: a bar

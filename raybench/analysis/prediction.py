@@ -41,12 +41,17 @@ class Measured:
         return Link(self.spec.bandwidth_mbps, self.spec.latency_ms, self.spec.link_overhead_ms)
 
 
-def measured_trials(path, trials: list[results.TrialFile] | None = None) -> tuple[list[Measured], list[str]]:
-    """The complete measured (or emulated) trials under ``path`` (its ``trials`` when already read) that have
-    a step trace, and a note for each trial left out (and why). An emulated trial's trace is taken as its
-    single workers' steps at its worker count (``emulation.at_scale``), which its rows' times replay."""
+def measured_trials(path) -> tuple[list[Measured], list[str]]:
+    """``measured_in`` the trial files under ``path``."""
+    return measured_in(results.read_trials(path))
+
+
+def measured_in(trials: list[results.TrialFile]) -> tuple[list[Measured], list[str]]:
+    """The complete measured (or emulated) trials of ``trials`` that have a step trace, and a note for
+    each trial left out (and why). An emulated trial's trace is taken as its single workers' steps at
+    its worker count (``emulation.at_scale``), which its rows' times replay."""
     found, skipped = [], []
-    for t in results.read_trials(path) if trials is None else trials:
+    for t in trials:
         if not t.rows:
             continue
         trial_id = t.rows[0]["trial_id"]
@@ -246,10 +251,10 @@ def error_band(checks: pd.DataFrame) -> ErrorBand:
                      tta_pairs=len(tta))
 
 
-def checks_of(path, trials: list[results.TrialFile] | None = None) -> pd.DataFrame:
-    """``validation`` over the trials of a results folder (its ``trials`` when already read): the report's
+def checks_of(trials: list[results.TrialFile]) -> pd.DataFrame:
+    """``validation`` over a results folder's trial files (``results.load(...).trials``): the report's
     error band, ``predict --validate``."""
-    return validation(measured_trials(path, trials)[0])
+    return validation(measured_in(trials)[0])
 
 
 # ---------------------------------------------------------------- sweep --replay: train once per configuration
