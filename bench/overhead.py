@@ -5,6 +5,10 @@
 (b) plain: torch.multiprocessing.spawn + DDP (gloo), the same model, data shards, augmentation,
     batch, threads and images, timed the same way (training steps only).
 Steady state = epochs after the first. Start-up (process launch to first step) is reported apart.
+Over raybench's steady epochs it also samples every process's CPU: the cores the training workers
+got and the cores Ray's own processes took (raylet, GCS, dashboard, Tune, Train's actors), per kind.
+With every core given to workers, Ray's share is taken from them: a ratio above 1 - share/cores
+is then out of reach (a synchronous step also waits for whichever rank was kept waiting).
 Prints a table and a final JSON line.
 
     python bench/overhead.py --data DIR [--workers 2] [--images 10000] [--epochs 4] [--repeats 2]
@@ -27,6 +31,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 import yaml
+from procs import WORKER_KIND, CpuSampler
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from raybench.models import build
@@ -93,7 +98,10 @@ def run_raybench(args) -> dict:
         path.write_text(yaml.safe_dump(spec))
         t0 = time.time()
         reserve = ["--reserve-cpus", str(args.reserve_cpus)] if args.reserve_cpus else []
+        cpu = CpuSampler()
+        cpu.start()
         rc = sweep.main([str(path), "--data", args.data, "--results", tmp, *reserve])
+        cpu.stop.set()
         wall = time.time() - t0
         if rc != 0:
             sys.exit(f"raybench sweep failed with exit code {rc}")
@@ -101,8 +109,12 @@ def run_raybench(args) -> dict:
     steady = df.iloc[1:] if len(df) > 1 else df
     images = float((steady.images_per_second * steady.epoch_seconds).mean())
     in_epochs = float(df.epoch_seconds.sum() + df.eval_seconds.sum())
+    stamps = [t.timestamp() for t in df.timestamp]  # each epoch's row, reported after its evaluation
+    cores = cpu.cores_between(stamps[0], stamps[-1]) if len(stamps) > 1 else {}
     return {"images_per_second": images / float(steady.epoch_seconds.mean()),
-            "startup_seconds": wall - in_epochs, "epoch_seconds": df.epoch_seconds.tolist()}
+            "startup_seconds": wall - in_epochs, "epoch_seconds": df.epoch_seconds.tolist(),
+            "worker_cores": cores.get(WORKER_KIND, float("nan")),
+            "ray_cores": {k: v for k, v in cores.items() if k != WORKER_KIND}}
 
 
 def main() -> None:
@@ -131,13 +143,24 @@ def main() -> None:
         summary[name] = {"images_per_second": statistics.mean(r["images_per_second"] for r in rs),
                          "startup_seconds": statistics.mean(r["startup_seconds"] for r in rs)}
     ratio = summary["raybench"]["images_per_second"] / summary["plain"]["images_per_second"]
+    ray_cores = [sum(r["ray_cores"].values()) for r in runs["raybench"] if r["ray_cores"]]
+    if ray_cores:
+        kinds = sorted({k for r in runs["raybench"] for k in r["ray_cores"]},
+                       key=lambda k: -sum(r["ray_cores"].get(k, 0.0) for r in runs["raybench"]))
+        print(f"\ncores used over raybench's steady epochs (after epoch 1), per run: "
+              f"{WORKER_KIND} " + " ".join(f"{r['worker_cores']:.3f}" for r in runs["raybench"]))
+        for k in kinds:
+            print(f"  {k:<40} " + " ".join(f"{r['ray_cores'].get(k, 0.0):.3f}" for r in runs["raybench"]))
+        print(f"  {'= Ray processes (all but the workers)':<40} " + " ".join(f"{c:.3f}" for c in ray_cores))
     print(json.dumps({"bench": "overhead", "workers": args.workers, "threads_per_worker": args.threads,
                       "batch_per_worker": args.batch, "images_per_epoch": args.images, "epochs": args.epochs,
                       "repeats": args.repeats,
                       "plain_images_per_second": round(summary["plain"]["images_per_second"], 1),
                       "raybench_images_per_second": round(summary["raybench"]["images_per_second"], 1),
                       "ratio": round(ratio, 4), "plain_startup_seconds": round(summary["plain"]["startup_seconds"], 1),
-                      "raybench_startup_seconds": round(summary["raybench"]["startup_seconds"], 1)}))
+                      "raybench_startup_seconds": round(summary["raybench"]["startup_seconds"], 1),
+                      "ray_processes_cores": round(statistics.mean(ray_cores), 3) if ray_cores else None,
+                      "worker_cores": round(statistics.mean(r["worker_cores"] for r in runs["raybench"]), 3)}))
 
 
 if __name__ == "__main__":

@@ -26,9 +26,10 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
+
+from procs import CpuSampler
 
 T0 = time.time()
 ROOT = Path(__file__).resolve().parent.parent
@@ -42,46 +43,6 @@ IMPORTS = [("import ray", "import ray"), ("import torch", "import torch"),
            ("+ raybench.driver.train after ray.train.torch", "import ray.train.torch; import time; t = time.time(); "
             "import raybench.driver.train; print(time.time() - t)"),
            ("import raybench.driver.tune (the trainable's module)", "import raybench.driver.tune")]
-
-
-class CpuSampler(threading.Thread):
-    """CPU seconds of every process under this one (the local Ray: raylet, GCS, dashboard, each actor),
-    sampled every half second; per kind (``ray::Name`` or the program), summed over its processes."""
-
-    def __init__(self) -> None:
-        super().__init__(daemon=True)
-        self.last: dict[int, tuple[str, float]] = {}
-        self.stop = threading.Event()
-
-    @staticmethod
-    def kind(proc) -> str:
-        cmd = proc.cmdline()
-        if cmd and cmd[0].startswith("ray::"):
-            return cmd[0].split(".")[0]
-        for part in cmd[:3]:
-            if part.endswith(".py") or "/" in part and Path(part).name in ("raylet", "gcs_server"):
-                return Path(part).name
-        return Path(cmd[0]).name if cmd else proc.name()
-
-    def run(self) -> None:
-        import psutil
-
-        me = psutil.Process()
-        while not self.stop.is_set():
-            for proc in me.children(recursive=True):
-                try:
-                    t = proc.cpu_times()
-                    self.last[proc.pid] = (self.kind(proc), t.user + t.system)
-                except (psutil.Error, IndexError):
-                    pass
-            self.stop.wait(0.5)
-
-    def by_kind(self) -> dict[str, tuple[int, float]]:
-        out: dict[str, tuple[int, float]] = {}
-        for kind, cpu in self.last.values():
-            n, total = out.get(kind, (0, 0.0))
-            out[kind] = (n + 1, total + cpu)
-        return dict(sorted(out.items(), key=lambda kv: -kv[1][1]))
 
 
 class Clock:

@@ -373,28 +373,28 @@ def read_trials(path: str | os.PathLike) -> list[TrialFile]:
 
 @dataclass(frozen=True)
 class Results:
-    """Every epoch row, and per trial (``TRIAL_KEY``) its file and its metadata (keys and values as text)."""
+    """Every epoch row and every trial file as read (the rows' only source), by trial (``TRIAL_KEY``)."""
 
     rows: pd.DataFrame
-    files: dict[tuple[str, str], str | Path]
-    meta: dict[tuple[str, str], dict[str, str]]
-    trials: list[TrialFile] = field(default_factory=list)  # every file as read, the rows' only source
+    trials: list[TrialFile]
+
+    @cached_property
+    def by_key(self) -> dict[tuple[str, str], TrialFile]:  # a file without rows says nothing of its trial
+        return {tuple(t.table[k][0].as_py() for k in TRIAL_KEY): t for t in self.trials if t.table.num_rows}
 
     def config(self, key: tuple[str, str]) -> dict[str, Any]:
         """The trial's resolved config (TrialSpec JSON), or {} when the file has none."""
         try:
-            return trial_config(self.meta.get(key, {}))
+            return trial_config(self.by_key[key].meta if key in self.by_key else {})
         except (KeyError, json.JSONDecodeError):
             return {}
 
 
 def load(path: str | os.PathLike) -> Results:
-    """The rows (as ``read_results``), files and metadata of the trials under ``path``, each file read once
-    (one view while a sweep rewrites them); ResultsError as ``read_trials``, or when there are no rows."""
-    trials = read_trials(path)  # a file without rows says nothing of its trial:
-    keyed = [(tuple(t.table[k][0].as_py() for k in TRIAL_KEY), t) for t in trials if t.table.num_rows]
-    files, meta = {key: t.path for key, t in keyed}, {key: t.meta for key, t in keyed}
+    """The rows (as ``read_results``) and trial files under ``path``, each file read once (one view
+    while a sweep rewrites them); ResultsError as ``read_trials``, or when there are no rows."""
+    trials = read_trials(path)
     rows = pa.concat_tables([t.table for t in trials]).to_pandas()
     if rows.empty:
         raise ResultsError(f"RESULTS_DIR {str(path)!r}: the trial files hold no epoch rows yet")
-    return Results(rows, files, meta, trials)
+    return Results(rows, trials)

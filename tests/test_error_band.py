@@ -111,7 +111,7 @@ def test_the_report_draws_the_band_of_the_worst_measured_error_and_says_which(tm
     assert any(title.startswith("Prediction error") for title, _ in rep.tables)
 
     res = results.load(tmp_path)
-    fig = plots.plot_time_vs_workers(res.rows, {k: 0.5 for k in res.files}, prediction.error_band(
+    fig = plots.plot_time_vs_workers(res.rows, {k: 0.5 for k in res.by_key}, prediction.error_band(
         prediction.checks_of(results.read_trials(tmp_path))))
     per_epoch = res.rows[res.rows["workers"] == 4]["epoch_seconds"].mean()
     ax_t, ax_e = fig.axes[:2]

@@ -162,8 +162,8 @@ def test_one_discovery_for_paths_and_uris_in_a_folder_of_sweeps(tmp_path):
     assert results.trial_files(tmp_path / "missing") == []
     assert len(results.read_results(f"file://{tmp_path}")) == 3 == len(results.read_results(tmp_path))
     loaded = results.load(f"file://{tmp_path}")
-    assert list(loaded.files) == [("a", "t1"), ("a", "t2"), ("b", "t1")]
-    assert loaded.files[("b", "t1")] == f"file://{tmp_path}/b/t1.parquet"
+    assert list(loaded.by_key) == [("a", "t1"), ("a", "t2"), ("b", "t1")]
+    assert loaded.by_key[("b", "t1")].path == f"file://{tmp_path}/b/t1.parquet"
     with pytest.raises(results.ResultsError, match="no such folder"):
         results.load(tmp_path / "missing")
     with pytest.raises(results.ResultsError, match="no trial files"):

@@ -17,7 +17,7 @@ def goals(res: Results, target: float | None = None, budget: float | None = None
     """Per trial, the accuracy target and the time budget: the overrides when given, else the trial's
     ``goal.target_top1`` / ``goal.time_budget_s`` (None when its config does not say)."""
     targets, budgets = {}, {}
-    for key in res.files:
+    for key in res.by_key:
         goal = res.config(key).get("goal", {})
         targets[key] = target if target is not None else goal.get("target_top1")
         budgets[key] = budget if budget is not None else goal.get("time_budget_s")
@@ -35,7 +35,7 @@ def summary(res: Results, targets: dict, budgets: dict) -> pd.DataFrame:
     """metrics.summary in trial order, with each file's status (running / complete)."""
     table = metrics.summary(res.rows, targets, budgets)
     keys = list(zip(table["sweep"], table["trial_id"], strict=True))
-    table["status"] = [res.meta.get(k, {}).get(results.META_STATUS.decode(), "?") for k in keys]
+    table["status"] = [res.by_key[k].meta.get(results.META_STATUS.decode(), "?") for k in keys]
     order = {k: i for i, k in enumerate(trial_order(res.rows))}
     table["_order"] = [order[k] for k in keys]
     return table.sort_values("_order").drop(columns="_order").reset_index(drop=True)
