@@ -88,7 +88,9 @@ def _check_results(results_dir: Path) -> None:
 
 def _earlier_results(trials: list[cfg.TrialSpec], sweep_dir: str | Path) -> list[str]:
     """Trial ids already complete in ``sweep_dir``; a file written by another configuration of the
-    same trial id is an error (its rows would mix with the new ones)."""
+    same trial id is an error (its rows would mix with the new ones). A complete trial that ran on
+    another number of processes counts as complete (virtual workers compute the same weights); an
+    unfinished one is an error (its checkpoint is per process)."""
     from raybench import results
 
     done = []
@@ -104,11 +106,18 @@ def _earlier_results(trials: list[cfg.TrialSpec], sweep_dir: str | Path) -> list
                                   f"or use another --results folder") from None
         now = t.model_dump(mode="json")
         before = _with_new_defaults(before, now)
-        if before != now:
-            diff = sorted(k for k in now if before.get(k) != now[k])
+        complete = meta.get(results.META_STATUS.decode()) == results.STATUS_COMPLETE
+        diff = sorted(k for k in now if before.get(k) != now[k])
+        if diff == ["processes"] and not complete:  # [virtual] its checkpoint holds that many processes' state
+            ran, runs = (f"{n or t.workers} process(es)" for n in (before.get("processes"), t.processes))
+            raise cfg.ConfigError(f"{path}: trial {t.trial_id} started on {ran}, and this sweep would continue "
+                                  f"it on {runs} (max_processes, or the machine's size, differs); its checkpoint "
+                                  f"holds each process's state: continue it where it started, or move the file "
+                                  f"away to start it over")
+        if diff and diff != ["processes"]:  # a complete trial ran as virtual workers or not: same weights
             raise cfg.ConfigError(f"{path}: written by another configuration of trial {t.trial_id} (differs in "
                                   f"{', '.join(diff)}); use another --results folder or move the file away")
-        if meta.get(results.META_STATUS.decode()) == results.STATUS_COMPLETE:
+        if complete:
             done.append(t.trial_id)
     return done
 

@@ -69,3 +69,27 @@ def test_the_emulated_trial_trains_as_4_real_workers(emulated, cifar_dir, tmp_pa
     # the same arithmetic up to float32 summation order (see tests/test_virtual.py)
     assert rows.train_loss.tolist() == pytest.approx(real.train_loss.tolist(), rel=1e-4)
     assert rows.test_loss.tolist() == pytest.approx(real.test_loss.tolist(), rel=1e-2)
+
+
+def test_a_sweep_resumed_on_a_machine_of_another_size_keeps_its_complete_emulated_trials(tmp_path):
+    """A trial that ran as virtual workers on 2 processes, where this machine (or max_processes) would
+    run it on 4: complete, it is kept (the same weights either way); unfinished, the sweep refuses to
+    continue it, naming both process counts, since its checkpoint holds each of 2 processes' state."""
+    import rows
+    from raybench.spec import config
+
+    now = rows.trial(workers=[4], schedule=rows.SWEEP["schedule"] | {"batch_per_worker": 8})
+    ran = now.model_copy(update={"processes": 2})
+    rows.write(tmp_path, ran, rows.epoch_rows(ran, [0.3, 0.4, 0.5, 0.6]))
+    assert sweep._earlier_results([now], tmp_path) == [now.trial_id]
+
+    rows.write(tmp_path, ran, rows.epoch_rows(ran, [0.3]), status="running")
+    with pytest.raises(config.ConfigError) as e:
+        sweep._earlier_results([now], tmp_path)
+    assert f"trial {now.trial_id} started on 2 process(es)" in str(e.value)
+    assert "continue it on 4 process(es)" in str(e.value) and "move the file away" in str(e.value)
+
+    other = ran.model_copy(update={"seed": 1})  # any other difference is still another configuration
+    rows.write(tmp_path, other.model_copy(update={"trial_id": now.trial_id}), rows.epoch_rows(ran, [0.3]))
+    with pytest.raises(config.ConfigError, match="differs in processes, seed"):
+        sweep._earlier_results([now], tmp_path)
