@@ -7,11 +7,14 @@ instead, with the replay engine (``raybench.replay``) on the trial's own step tr
 
 1. **One micro-batch per worker.** A traced step of a process is v micro-batches (forward and
    backward each; the buckets are handed over during the last one's backward), the wait for the
-   collective, then the optimizer. Its compute (the step without the wait) less the optimizer's
-   part, divided by v, is one micro-batch's compute ``m`` on this hardware.
+   collective, then the optimizer. On a CPU the trace times each micro-batch (``micro``: when each
+   but the last finished its backward; the last one's compute is what remains of the step's
+   compute, its time until backward returned less its wait): each is one worker's compute ``m``
+   on this hardware. Where they were not timed one by one (a GPU, an older trace), the step's
+   compute is split evenly over its v micro-batches.
 2. **Stragglers.** A synchronous step waits for the slowest of p workers, so each worker's compute
    at p is not the mean of the measured distribution of ``m`` but the expected maximum of p draws
-   from it (``expected_max``): it grows with p as stragglers do.
+   from it (``expected_max``, over every micro-batch of the epoch): it grows with p as stragglers do.
 3. **Replay.** Every traced step is moved so that its compute is that expected maximum: its
    times shift by ``D - v*m`` (the v-1 earlier micro-batches go, the last one takes ``D``), each
    bucket's real collective keeps its duration after the last process handed it over, and the
@@ -19,8 +22,8 @@ instead, with the replay engine (``raybench.replay``) on the trial's own step tr
    link, same p). An epoch is its re-timed steps plus what the measured epoch spent outside its
    steps (replay's residual, computed on the trace as recorded).
 
-What this misses: ``m`` is the mean of a process's v micro-batches, so the spread of single
-micro-batches is narrower than measured per step of a real worker (stragglers somewhat
+What this misses: where micro-batches were not timed one by one, ``m`` is the mean of a
+process's v micro-batches, whose spread is narrower than single micro-batches' (stragglers
 underestimated); a real p-worker cluster's collective also differs from k processes' real one
 (only the link model's share at p is charged). ``python -m raybench.predict --validate`` measures
 the error where real runs exist.
@@ -57,22 +60,31 @@ def _wait(s: Steps) -> tuple[np.ndarray, np.ndarray]:
 
 
 def micro_batch_seconds(s: Steps, virtual: int) -> np.ndarray:
-    """(S, R): one micro-batch's compute per traced step and process: the time until backward
-    returned, less the wait on communication, over the ``virtual`` micro-batches it ran."""
+    """(S, R, virtual): the compute of each micro-batch per traced step and process. The step's
+    compute is its time until backward returned less its wait on communication; where the trace
+    timed the micro-batches (``micro``), each is its own part of it (the last: what remains), else
+    each is an even share."""
     wait, _ = _wait(s)
-    return np.maximum(s.backward - wait, 0.0) / virtual
+    compute = np.maximum(s.backward - wait, 0.0)
+    even = np.repeat((compute / virtual)[:, :, None], virtual, axis=2)
+    if virtual == 1 or s.micro.shape[2] < virtual - 1:
+        return even
+    done = s.micro[:, :, :virtual - 1]
+    bounds = np.concatenate([np.zeros(compute.shape + (1,)), done, compute[:, :, None]], axis=2)
+    timed = ~np.isnan(done).any(axis=2, keepdims=True)
+    return np.where(timed, np.maximum(np.diff(bounds, axis=2), 0.0), even)
 
 
 def at_scale(s: Steps, virtual: int, workers: int) -> Steps:
     """The trace ``s`` of processes running ``virtual`` micro-batches per step, as steps of single
     workers at ``workers``: each step's micro-batch compute is the expected maximum, over
     ``workers`` draws, of the epoch's measured per-micro-batch compute."""
-    m = micro_batch_seconds(s, virtual)
-    target = np.empty_like(m)
+    m = micro_batch_seconds(s, virtual)  # (S, R, virtual)
+    target = np.empty(m.shape[:2])
     for e in np.unique(s.epoch):
         rows = s.epoch == e
         target[rows] = expected_max(m[rows], workers)
-    shift = (target - virtual * m)[:, :, None]  # (S, R, 1): every time of the step moves by this
+    shift = (target - m.sum(axis=2))[:, :, None]  # (S, R, 1): every time of the step moves by this
 
     present = ~np.isnan(s.handover)
     handover = np.where(present, np.maximum(s.handover + shift, 0.0), np.nan)

@@ -53,6 +53,7 @@ class Steps:
     avg_collectives: np.ndarray
     avg_nbytes: np.ndarray
     avg_real: np.ndarray
+    micro: np.ndarray  # (S, R, M) [virtual] micro-batches' backward ends but the last; NaN: not measured
 
     @property
     def ranks(self) -> int:
@@ -85,6 +86,9 @@ def steps(table: pa.Table) -> Steps:
     def lists(c: str, fill: float, dtype) -> np.ndarray:
         return _padded(t[c].to_pylist(), shape, fill, dtype)
 
+    micro = t["micro"].to_pylist()
+    micro_shape = (n, ranks, max((len(x) for x in micro), default=0) or 1)
+
     def flat(c: str, dtype=np.float64) -> np.ndarray:
         return t[c].to_numpy().astype(dtype).reshape(n, ranks)
 
@@ -93,7 +97,8 @@ def steps(table: pa.Table) -> Steps:
                  release=lists("release", np.nan, np.float64),
                  collectives=lists("collectives", 0, np.float64), nbytes=lists("nbytes", 0, np.float64),
                  backward=flat("backward"), end=flat("end"), avg_collectives=flat("avg_collectives"),
-                 avg_nbytes=flat("avg_nbytes"), avg_real=flat("avg_real"))
+                 avg_nbytes=flat("avg_nbytes"), avg_real=flat("avg_real"),
+                 micro=_padded(micro, micro_shape, np.nan, np.float64))
 
 
 @dataclass(frozen=True)

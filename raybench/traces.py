@@ -3,8 +3,9 @@
 Every trial records, per rank and per step, what replay needs to re-time the step under another
 link (see ``worker.comm.hook.StepRecord``): per gradient bucket its hand-over, when every rank had
 handed it over (where the live link measured it), the end of its real collective, its release to
-DDP and what it puts on the link; when backward returned, when the
-step ended, and local SGD's parameter averaging. Times are seconds from the step's start on that
+DDP and what it puts on the link; when backward returned, when the step ended, local SGD's
+parameter averaging, and (for a process running several virtual workers, on a CPU) when each
+micro-batch but the last had finished its backward. Times are seconds from the step's start on that
 rank's clock. One file per trial, ``results/<sweep>/_traces/<trial_id>.parquet`` (the leading
 ``_`` keeps it out of the epoch dataset), rewritten atomically after every epoch like the trial file.
 
@@ -42,6 +43,9 @@ SCHEMA = pa.schema([
     pa.field("avg_collectives", pa.int32()),  # local SGD's parameter averaging after the step
     pa.field("avg_nbytes", pa.int64()),
     pa.field("avg_real", pa.float64()),
+    # [virtual] when each virtual worker's micro-batch but the last finished its backward; empty: one
+    # worker per process, a GPU (the host does not see the device finish), or a trace written before
+    pa.field("micro", pa.list_(pa.float64())),
 ])
 RECORD_FIELDS = tuple(n for n in SCHEMA.names if n not in ("epoch", "step", "rank"))
 
@@ -52,16 +56,19 @@ def to_table(epoch: int, ranks: Sequence[Sequence[Any]]) -> pa.Table:
     for rank, steps in enumerate(ranks):
         for step, rec in enumerate(steps):
             d = rec if isinstance(rec, Mapping) else asdict(rec)
-            d = {"ready": [float("nan")] * len(d["handover"])} | dict(d)
+            d = {"ready": [float("nan")] * len(d["handover"]), "micro": []} | dict(d)
             rows.append({"epoch": epoch, "step": step, "rank": rank} | {k: d[k] for k in RECORD_FIELDS})
     return pa.Table.from_pylist(rows, schema=SCHEMA)
 
 
 def _conform(table: pa.Table) -> pa.Table:
-    """A trace in today's schema; a trace written before ``ready`` existed gets NaN (not measured)."""
+    """A trace in today's schema; a trace written before ``ready`` existed gets NaN (not measured),
+    one written before ``micro`` empty lists (not measured)."""
     if "ready" not in table.column_names:
         nan = [[float("nan")] * len(h) for h in table["handover"].to_pylist()]
         table = table.append_column("ready", pa.array(nan, pa.list_(pa.float64())))
+    if "micro" not in table.column_names:
+        table = table.append_column("micro", pa.array([[]] * table.num_rows, pa.list_(pa.float64())))
     return table.select(SCHEMA.names).cast(SCHEMA)
 
 

@@ -56,6 +56,8 @@ def test_an_emulated_trial_measures_accuracy_and_names_the_trace_of_its_times(em
     assert (rows.images_per_second * rows.epoch_seconds).round().tolist() == [256, 256]
     trace = traces.read(traces.path(folder, TRIAL))
     assert set(trace["rank"].to_pylist()) == {0}  # one process
+    for micro, backward in zip(trace["micro"].to_pylist(), trace["backward"].to_pylist(), strict=True):
+        assert len(micro) == 3 and 0 < micro[0] < micro[1] < micro[2] < backward  # 4 micro-batches, timed
     _, meta = results.read_trial(results.trial_path(folder, TRIAL))
     assert results.trial_config(meta)["processes"] == 1 and meta["raybench.status"] == "complete"
 
@@ -75,8 +77,9 @@ def test_a_sweep_resumed_on_a_machine_of_another_size_keeps_its_complete_emulate
     """A trial that ran as virtual workers on 2 processes, where this machine (or max_processes) would
     run it on 4: complete, it is kept (the same weights either way); unfinished, the sweep refuses to
     continue it, naming both process counts, since its checkpoint holds each of 2 processes' state."""
-    import rows
     from raybench.spec import config
+
+    import rows
 
     now = rows.trial(workers=[4], schedule=rows.SWEEP["schedule"] | {"batch_per_worker": 8})
     ran = now.model_copy(update={"processes": 2})

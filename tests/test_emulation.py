@@ -78,7 +78,7 @@ def test_each_workers_compute_at_p_is_the_slowest_of_p_draws():
     trace = _steps([[_record((v - 1) * c, handover=[c], real_done=[c], release=[c], backward=c + 0.05,
                              end=c + 0.2, nbytes=(400_000,)) for c in computes]])  # a collective of no time
     m = emulation.micro_batch_seconds(trace, v)
-    assert m[:, 0].tolist() == pytest.approx([c + 0.05 / v for c in computes])
+    np.testing.assert_allclose(m[:, 0, :], np.repeat([[c + 0.05 / v] for c in computes], v, axis=1))  # even
 
     def epoch(p: int) -> float:
         s = emulation.at_scale(trace, v, p)
@@ -90,6 +90,30 @@ def test_each_workers_compute_at_p_is_the_slowest_of_p_draws():
         assert epoch(p) == pytest.approx(4 * (emulation.expected_max(m[:, 0], p) + 0.15), rel=1e-9)
     assert epoch(1) < epoch(4) < epoch(16) < 4 * (2.0 + 0.05 / v + 0.15) + 1e-9
     assert epoch(1) == pytest.approx(4 * (np.mean(m) + 0.15))  # one worker: the mean
+
+
+def test_micro_batches_timed_one_by_one_give_the_stragglers_their_own_spread():
+    """Two virtual workers per process; each step's compute is 0.4 s, split 0.1 + 0.3 in one step
+    and 0.3 + 0.1 in the other. Per step, the mean (0.2 s) never varies, so evenly split the
+    stragglers would vanish; timed one by one (``micro``), at 4 workers a step waits for a 0.3 s
+    micro-batch unless all four draws are 0.1 s. An older trace without ``micro`` splits evenly."""
+    v, p = 2, 4
+
+    def record(first: float) -> dict:  # buckets handed over at the end, a collective of no time
+        return _record(0.0, handover=[0.4], real_done=[0.4], release=[0.4], backward=0.4, end=0.5,
+                       nbytes=(400_000,)) | {"micro": [first]}
+
+    trace = _steps([[record(0.1), record(0.3)]])
+    m = emulation.micro_batch_seconds(trace, v)
+    np.testing.assert_allclose(m[:, 0, :], [[0.1, 0.3], [0.3, 0.1]])
+    straggler = 0.3 * (1 - 0.5 ** p) + 0.1 * 0.5 ** p
+    s = emulation.at_scale(trace, v, p)
+    np.testing.assert_allclose(s.backward[:, 0], [straggler, straggler])
+    np.testing.assert_allclose(s.end[:, 0], [straggler + 0.1] * 2)
+
+    older = trace.__class__(**{**trace.__dict__, "micro": np.full_like(trace.micro, np.nan)})
+    np.testing.assert_allclose(emulation.micro_batch_seconds(older, v)[:, 0, :], 0.2)
+    np.testing.assert_allclose(emulation.at_scale(older, v, p).backward[:, 0], [0.2, 0.2])
 
 
 def test_an_emulated_trial_is_replayed_to_other_links_from_its_single_workers_steps(tmp_path):

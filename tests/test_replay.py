@@ -118,6 +118,8 @@ def test_a_trace_travels_as_text_and_a_later_attempt_replaces_its_epochs():
     assert str(traces.decode(traces.encode(e1)).to_pylist()) == str(e1.to_pylist())  # NaN: not measured
     old = traces.decode(traces.encode(e1.drop_columns(["ready"])))  # a trace written before ``ready``
     assert str(old.to_pylist()) == str(e1.to_pylist())
+    older = traces.decode(traces.encode(e1.drop_columns(["ready", "micro"])))  # ... and before ``micro``
+    assert str(older.to_pylist()) == str(e1.to_pylist()) and older["micro"].to_pylist() == [[]]
     again = traces.to_table(2, [[UNLIMITED_STEP[1]]])
     merged = traces.merged(traces.merged(e1, e2), again)
     assert merged["epoch"].to_pylist() == [1, 2] and merged["backward"].to_pylist() == [0.26, 0.255]

@@ -93,7 +93,8 @@ def train_epoch(s: Setup, epoch: int, budget_left: float | None = None,
             break
         s.comm.begin_step()  # [trace] the step starts: data, forward, backward, optimizer
         opt.zero_grad(set_to_none=True)
-        step_loss, step_correct = s.vw.forward_backward(ddp, ds, streams, step, bs, autocast, fmt)  # [virtual]
+        step_loss, step_correct = s.vw.forward_backward(  # [virtual] on a CPU the trace times each micro-batch
+            ddp, ds, streams, step, bs, autocast, fmt, mark=None if cuda else s.comm.micro_done)
         s.comm.end_backward()  # [trace] after the last micro-batch's backward
         opt.step()
         s.comm.after_step(ddp.module)  # [comm] close the step's timing; local SGD averages here

@@ -26,7 +26,7 @@ SGD's drifting weights are per worker), with a ValueError that says so.
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from typing import TYPE_CHECKING
 
@@ -101,10 +101,12 @@ class VirtualWorkers:
                     mine[name].copy_(b)
 
     def forward_backward(self, ddp: DDP, ds: cifar.Cifar10, streams: list[Stream], step: int, bs: int,
-                         autocast, fmt: torch.memory_format) -> tuple[torch.Tensor, torch.Tensor]:
+                         autocast, fmt: torch.memory_format,
+                         mark: Callable[[], None] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Step ``step``'s micro-batch of every worker, forward and backward in turn; the last
         backward all-reduces the accumulated gradients. Returns the summed loss (unscaled: each
-        worker's mean loss times its batch) and the count of correct predictions."""
+        worker's mean loss times its batch) and the count of correct predictions. ``mark`` is
+        called after each micro-batch but the last (the trace times them one by one)."""
         loss_sum = correct = None
         last = len(streams) - 1
         for i, (idx, aug) in enumerate(streams):
@@ -116,6 +118,8 @@ class VirtualWorkers:
                     out = ddp(x)
                     loss = F.cross_entropy(out, y)
                 (loss * self.scale if self.scale != 1.0 else loss).backward()
+            if mark is not None and i < last:
+                mark()
             lsum, c = loss.detach() * len(y), (out.argmax(1) == y).sum()
             loss_sum, correct = (lsum, c) if loss_sum is None else (loss_sum + lsum, correct + c)
         return loss_sum, correct

@@ -91,6 +91,10 @@ class Comm:
         """A step starts: the trace closes the previous one (see ``hook.StepRecord``)."""
         self.hook.begin_step()
 
+    def micro_done(self) -> None:
+        """[virtual] A micro-batch other than the step's last has finished its backward (the trace)."""
+        self.hook.micro_done()
+
     def end_backward(self) -> None:
         self.hook.end_backward()
 

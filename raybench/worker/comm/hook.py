@@ -14,7 +14,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
@@ -42,7 +42,8 @@ class StepRecord:
     modelled), ``real_done`` (its real collective, compression included, had finished), ``release``
     (DDP got the result), ``collectives`` and ``nbytes`` (what it puts on the link). ``backward``: when
     ``backward()`` returned; ``end``: when the next step began. Local SGD's parameter averaging after
-    the optimizer: ``avg_collectives``, ``avg_nbytes``, ``avg_real`` (its real duration).
+    the optimizer: ``avg_collectives``, ``avg_nbytes``, ``avg_real`` (its real duration). ``micro``:
+    when each virtual worker's micro-batch but the last had finished its backward (``micro_done``).
     """
 
     handover: list[float]
@@ -56,6 +57,7 @@ class StepRecord:
     avg_collectives: int = 0
     avg_nbytes: int = 0
     avg_real: float = 0.0
+    micro: list[float] = field(default_factory=list)
 
 
 class _Wire(threading.Thread):
@@ -143,6 +145,7 @@ class LinkHook:
         self._counted = 0  # buckets of this step that end_step has counted
         self._avg = (0, 0, 0.0)  # this step's parameter averaging: collectives, bytes, real seconds
         self._backward = 0.0
+        self._micro: list[float] = []  # [virtual] this step's micro_done times, from its start
         self._trace: list[StepRecord] = []
 
     def modelled_seconds(self, sizes: list[int]) -> float:
@@ -216,6 +219,13 @@ class LinkHook:
             self._buckets, self._counted = [], 0
             self._step_start = now if self.recording else None
 
+    def micro_done(self) -> None:
+        """[virtual] A micro-batch other than the step's last has finished its backward."""
+        if self.recording and self._step_start is not None:
+            t = time.perf_counter()
+            with self._lock:
+                self._micro.append(t - self._step_start)
+
     def end_backward(self) -> None:
         """``backward()`` has returned: every bucket of the step is released."""
         if not self.recording:
@@ -233,8 +243,10 @@ class LinkHook:
             handover=[r[0] - t0 for r in b], ready=[r[5] - t0 for r in b], real_done=[r[1] - t0 for r in b],
             release=[r[2] - t0 for r in b],
             collectives=[r[3] for r in b], nbytes=[r[4] for r in b], backward=max(self._backward - t0, 0.0),
-            end=now - t0, avg_collectives=self._avg[0], avg_nbytes=self._avg[1], avg_real=self._avg[2]))
+            end=now - t0, avg_collectives=self._avg[0], avg_nbytes=self._avg[1], avg_real=self._avg[2],
+            micro=self._micro))
         self._step_start, self._buckets, self._avg, self._backward = None, [], (0, 0, 0.0), 0.0
+        self._micro = []
 
     def end_step(self) -> None:
         """Close one step's timing; call after backward() returned (all buckets are done then)."""
@@ -259,7 +271,7 @@ class LinkHook:
         with self._lock:
             if now is not None:
                 self._close_record(now)
-            self._step_start, self._buckets, self._counted = None, [], 0
+            self._step_start, self._buckets, self._counted, self._micro = None, [], 0, []
             trace, self._trace = self._trace, []
         return trace
 
