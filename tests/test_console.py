@@ -95,3 +95,15 @@ def test_eta_is_the_epochs_left_or_the_budget_left_at_the_trials_pace():
     assert eta_seconds(row, 10, 45.0, 12.0) == 3 * 12.0  # 25 s of budget: two epochs and the one it cuts
     assert eta_seconds(row | {"epoch": 10}, 10, None, 12.0) == 0
     assert (clock(65), clock(3725), clock(-1)) == ("1:05", "1:02:05", "0:00")
+
+
+def test_an_emulated_trials_first_eta_goes_by_the_wall_clock_not_its_predicted_epoch():
+    """An emulated trial's epoch_seconds are predicted at its worker count (0.5 s here), while the
+    epoch took 20 s of wall time on the processes that emulate it: the ETA after its first epoch
+    goes by the wall time since it started; a measured trial's by its own epoch and evaluation."""
+    from raybench.driver.console import wall_per_epoch
+
+    row = {"epoch": 1, "epoch_seconds": 0.5, "eval_seconds": 0.1, "source": results.SOURCE_EMULATED}
+    assert wall_per_epoch(row, [], 20.0) == 20.0
+    assert wall_per_epoch(row | {"source": results.SOURCE_MEASURED}, [], 20.0) == pytest.approx(0.6)
+    assert wall_per_epoch(row, [18.0, 22.0], 60.0) == 20.0  # later: the mean between its reports

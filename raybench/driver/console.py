@@ -35,6 +35,17 @@ def eta_seconds(row: dict[str, Any], epochs: int, budget_s: float | None, wall_p
     return left * wall_per_epoch
 
 
+def wall_per_epoch(row: dict[str, Any], walls: list[float], since_start: float | None) -> float:
+    """The driver's wall time per epoch of a trial: the mean between its reports; before its second,
+    the row's own epoch and evaluation seconds, except for an emulated trial, whose epoch seconds are
+    predicted at its worker count: then the wall time since the trial started (start-up included)."""
+    if walls:
+        return sum(walls) / len(walls)
+    if row.get("source") == results.SOURCE_EMULATED and since_start is not None:  # [virtual]
+        return since_start
+    return row["epoch_seconds"] + row["eval_seconds"]
+
+
 def progress_line(tag: str, trial_id: str, row: dict[str, Any], epochs: int, eta_s: float) -> str:
     """One epoch of one trial: trial id, epoch/epochs, test top-1, images/s, training seconds, ETA."""
     return (f"{tag} {trial_id}  epoch {row['epoch']}/{epochs}  test top-1 {row['test_top1']:.3f}  "
@@ -54,6 +65,7 @@ class Progress(tune.Callback):
         self._seen: dict[str, dict[int, Any]] = {}  # trial -> epoch -> timestamp of the row printed
         self._last: dict[str, float] = {}  # trial -> driver time of its latest new row
         self._walls: dict[str, list[float]] = {}  # trial -> driver seconds between consecutive epochs
+        self._started: dict[str, float] = {}  # trial -> driver time of its start line
 
     def _print(self, text: str) -> None:
         print(text, file=self._out or sys.stdout, flush=True)
@@ -68,6 +80,7 @@ class Progress(tune.Callback):
         procs = spec.get("processes") or spec["workers"]
         runs = f"{procs} worker(s)" if procs == spec["workers"] else \
             f"{spec['workers']} virtual workers on {procs} process(es)"  # [virtual]
+        self._started[spec["trial_id"]] = time.monotonic()
         self._print(f"{self._tag(spec['trial_id'])} {spec['trial_id']}  started: {runs} x "
                     f"({per}), {spec['schedule']['epochs']} epoch(s)")
 
@@ -86,7 +99,8 @@ class Progress(tune.Callback):
         if tid in self._last:
             walls.append(now - self._last[tid])
         self._last[tid] = now
-        wall = sum(walls) / len(walls) if walls else row["epoch_seconds"] + row["eval_seconds"]
+        started = self._started.get(tid)
+        wall = wall_per_epoch(row, walls, None if started is None else now - started)
         epochs = spec["schedule"]["epochs"]
         eta = eta_seconds(row, epochs, spec["goal"].get("time_budget_s"), wall)
         self._print(progress_line(self._tag(tid), tid, row, epochs, eta))
