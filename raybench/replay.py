@@ -172,13 +172,16 @@ class EpochTimes:
 
 
 def epoch_times(s: Steps, link: Link, workers: int, traced_link: Link, traced_workers: int,
-                measured: dict[int, float], steps_per_epoch: dict[int, float] | None = None) -> list[EpochTimes]:
+                measured: dict[int, float], steps_per_epoch: dict[int, float] | None = None,
+                traced: Steps | None = None) -> list[EpochTimes]:
     """The traced epochs re-timed on ``link`` with ``workers``. ``measured``: the traced run's
     ``epoch_seconds`` per epoch (for the residual: time outside steps). ``steps_per_epoch``: the
     number of steps an epoch has at ``workers`` when it differs from the trace's (replay scales
-    the epoch's step times by it)."""
+    the epoch's step times by it). ``traced``: the steps whose replay at the traced link gave
+    ``measured``, where ``s`` differs from them (an emulated trace's compute at another worker
+    count); by default ``s``."""
     at = step_times(s, link, workers, traced_link, traced_workers)
-    own = step_times(s, traced_link, traced_workers, traced_link, traced_workers).seconds
+    own = step_times(s if traced is None else traced, traced_link, traced_workers, traced_link, traced_workers).seconds
     epochs, index = np.unique(s.epoch, return_inverse=True)
 
     def per_epoch(x: np.ndarray) -> np.ndarray:

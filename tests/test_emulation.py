@@ -145,3 +145,32 @@ def test_an_emulated_trial_is_replayed_to_other_links_from_its_single_workers_st
     spec_slow, slow = prediction.predict(m, SLOW, p, "run")
     assert slow[0]["epoch_seconds"] > e.epoch_seconds and slow[0]["source"] == results.SOURCE_PREDICTED
     assert slow[0]["predicted_from"] == spec.trial_id and spec_slow.processes is None
+
+
+def test_an_emulated_trace_predicts_another_worker_count_with_that_counts_stragglers(tmp_path):
+    """4 virtual workers on 1 process; each step's micro-batches take 0.1, 0.1, 0.1 and 0.5 s (timed
+    one by one), a collective of no time, then 0.1 s of optimizer. At its own 4 workers a step
+    waits for the slowest of 4 draws; predicted at 1 worker, for one draw (the mean, 0.2 s) over 4
+    times the steps; not the 4-worker straggler, which the trial's own rows hold."""
+    from raybench import results
+    from raybench.analysis import prediction
+
+    import rows
+
+    p, v, steps, bs = 4, 4, 3, 128
+    spec = rows.trial(workers=[p], max_processes=1, data={"train_images": p * bs * steps})
+    record = _record(0.0, handover=[0.8], real_done=[0.8], release=[0.8], backward=0.8, end=0.9,
+                     nbytes=(400_000,)) | {"micro": [0.1, 0.2, 0.3]}
+    table = traces.to_table(1, [[record] * steps])
+    straggler = 0.5 * (1 - 0.75 ** p) + 0.1 * 0.75 ** p
+    (e,) = emulation.epoch_times(replay.steps(table), v, Link(), p, {})
+    assert e.epoch_seconds == pytest.approx(steps * (straggler + 0.1))  # its own rows: no time outside steps
+    epoch = [r | {"source": results.SOURCE_EMULATED, "predicted_from": spec.trial_id}
+             for r in rows.epoch_rows(spec, [0.3], epoch_seconds=e.epoch_seconds)]
+    rows.write(tmp_path, spec, epoch)
+    traces.write(traces.path(tmp_path, spec.trial_id), table)
+
+    (m,), _ = prediction.measured_trials(tmp_path)
+    assert prediction.predict(m, Link(), p, "run")[1][0]["epoch_seconds"] == pytest.approx(e.epoch_seconds)
+    one = prediction.predict(m, Link(), 1, "run")[1][0]
+    assert one["epoch_seconds"] == pytest.approx(p * steps * (0.2 + 0.1))

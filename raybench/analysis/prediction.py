@@ -29,12 +29,22 @@ PREDICTED_SUFFIX = "_pred"
 
 @dataclass(frozen=True)
 class Measured:
-    """A measured trial that can be replayed: its spec, rows (epoch order), trace and file metadata."""
+    """A measured trial that can be replayed: its spec, rows (epoch order), trace (as its single
+    workers' steps at its worker count), file metadata and, for an emulated trial, its trace as
+    recorded (processes running several virtual workers each)."""
 
     spec: cfg.TrialSpec
     rows: list[dict[str, Any]]
     steps: replay.Steps
     meta: dict[str, str]
+    recorded: replay.Steps | None = None  # [virtual]
+
+    def steps_at(self, workers: int) -> replay.Steps:
+        """Its single workers' steps at ``workers``: for an emulated trial, each step's compute is
+        the slowest of ``workers`` draws (``emulation.at_scale``), not of its own worker count's."""
+        if self.recorded is None or workers == self.spec.workers:
+            return self.steps
+        return emulation.at_scale(self.recorded, self.spec.virtual, workers)
 
     @property
     def link(self) -> Link:
@@ -66,10 +76,10 @@ def measured_in(trials: list[results.TrialFile]) -> tuple[list[Measured], list[s
             continue
         spec = cfg.TrialSpec.model_validate_json(t.meta[results.META_CONFIG.decode()])
         rows = sorted(t.rows, key=lambda r: r["epoch"])
-        steps = replay.steps(table)
+        steps = recorded = replay.steps(table)
         if spec.virtual > 1:  # [virtual] the trace of processes running several workers each
-            steps = emulation.at_scale(steps, spec.virtual, spec.workers)
-        found.append(Measured(spec, rows, steps, t.meta))
+            steps = emulation.at_scale(recorded, spec.virtual, spec.workers)
+        found.append(Measured(spec, rows, steps, t.meta, recorded if spec.virtual > 1 else None))
     return found, skipped
 
 
@@ -103,8 +113,8 @@ def predict(m: Measured, link: Link, workers: int, run_id: str,
     """The rows of ``m`` re-timed on ``link`` with ``workers`` (the grid point ``point``, if named)."""
     spec = predicted_spec(m.spec, link, workers, point)
     measured = {r["epoch"]: r["epoch_seconds"] for r in m.rows}
-    times = {e.epoch: e for e in replay.epoch_times(m.steps, link, workers, m.link, m.spec.workers, measured,
-                                                    _steps_at(m, workers))}
+    times = {e.epoch: e for e in replay.epoch_times(m.steps_at(workers), link, workers, m.link, m.spec.workers,
+                                                    measured, _steps_at(m, workers), traced=m.steps)}
     budget = spec.goal.time_budget_s
     rows, total, now = [], 0.0, datetime.now(UTC)
     for r in m.rows:
