@@ -147,7 +147,7 @@ def main() -> None:
     if ray_cores:
         kinds = sorted({k for r in runs["raybench"] for k in r["ray_cores"]},
                        key=lambda k: -sum(r["ray_cores"].get(k, 0.0) for r in runs["raybench"]))
-        print(f"\ncores used over raybench's steady epochs (after epoch 1), per run: "
+        print(f"\ncores used over raybench's steady epochs (after epoch 1, evaluation included), per run: "
               f"{WORKER_KIND} " + " ".join(f"{r['worker_cores']:.3f}" for r in runs["raybench"]))
         for k in kinds:
             print(f"  {k:<40} " + " ".join(f"{r['ray_cores'].get(k, 0.0):.3f}" for r in runs["raybench"]))
