@@ -14,6 +14,7 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import cached_property
 from typing import Any
 
 import pandas as pd
@@ -29,22 +30,26 @@ PREDICTED_SUFFIX = "_pred"
 
 @dataclass(frozen=True)
 class Measured:
-    """A measured trial that can be replayed: its spec, rows (epoch order), trace (as its single
-    workers' steps at its worker count), file metadata and, for an emulated trial, its trace as
-    recorded (processes running several virtual workers each)."""
+    """A measured trial that can be replayed: its spec, rows (epoch order), step trace as recorded and
+    file metadata."""
 
     spec: cfg.TrialSpec
     rows: list[dict[str, Any]]
-    steps: replay.Steps
+    trace: replay.Steps
     meta: dict[str, str]
-    recorded: replay.Steps | None = None  # [virtual]
 
     def steps_at(self, workers: int) -> replay.Steps:
-        """Its single workers' steps at ``workers``: for an emulated trial, each step's compute is
-        the slowest of ``workers`` draws (``emulation.at_scale``), not of its own worker count's."""
-        if self.recorded is None or workers == self.spec.workers:
-            return self.steps
-        return emulation.at_scale(self.recorded, self.spec.virtual, workers)
+        """Its trace as single workers' steps at ``workers``: as recorded for real workers; for an
+        emulated trial (processes running several virtual workers each), each step's compute is the
+        slowest of ``workers`` draws (``emulation.at_scale``)."""
+        if self.spec.virtual == 1:
+            return self.trace
+        return emulation.at_scale(self.trace, self.spec.virtual, workers)
+
+    @cached_property
+    def steps(self) -> replay.Steps:
+        """Its single workers' steps at its own worker count: what its rows' times replay."""
+        return self.steps_at(self.spec.workers)
 
     @property
     def link(self) -> Link:
@@ -58,8 +63,8 @@ def measured_trials(path) -> tuple[list[Measured], list[str]]:
 
 def measured_in(trials: list[results.TrialFile]) -> tuple[list[Measured], list[str]]:
     """The complete measured (or emulated) trials of ``trials`` that have a step trace, and a note for
-    each trial left out (and why). An emulated trial's trace is taken as its single workers' steps at
-    its worker count (``emulation.at_scale``), which its rows' times replay."""
+    each trial left out (and why). An emulated trial's trace replays as its single workers' steps
+    (``Measured.steps_at``)."""
     found, skipped = [], []
     for t in trials:
         if not t.rows:
@@ -76,10 +81,7 @@ def measured_in(trials: list[results.TrialFile]) -> tuple[list[Measured], list[s
             continue
         spec = cfg.TrialSpec.model_validate_json(t.meta[results.META_CONFIG.decode()])
         rows = sorted(t.rows, key=lambda r: r["epoch"])
-        steps = recorded = replay.steps(table)
-        if spec.virtual > 1:  # [virtual] the trace of processes running several workers each
-            steps = emulation.at_scale(recorded, spec.virtual, spec.workers)
-        found.append(Measured(spec, rows, steps, t.meta, recorded if spec.virtual > 1 else None))
+        found.append(Measured(spec, rows, replay.steps(table), t.meta))
     return found, skipped
 
 
@@ -96,7 +98,7 @@ def predicted_spec(spec: cfg.TrialSpec, link: Link, workers: int, point: cfg.Tri
                                    "trial_id": grid_id + PREDICTED_SUFFIX})
 
 
-def _steps_at(m: Measured, workers: int) -> dict[int, float] | None:
+def _steps_per_epoch(m: Measured, workers: int) -> dict[int, float] | None:
     """Steps per epoch at ``workers`` when it differs from the trace's worker count."""
     if workers == m.spec.workers:
         return None
@@ -114,7 +116,7 @@ def predict(m: Measured, link: Link, workers: int, run_id: str,
     spec = predicted_spec(m.spec, link, workers, point)
     measured = {r["epoch"]: r["epoch_seconds"] for r in m.rows}
     times = {e.epoch: e for e in replay.epoch_times(m.steps_at(workers), link, workers, m.link, m.spec.workers,
-                                                    measured, _steps_at(m, workers), traced=m.steps)}
+                                                    measured, _steps_per_epoch(m, workers), traced=m.steps)}
     budget = spec.goal.time_budget_s
     rows, total, now = [], 0.0, datetime.now(UTC)
     for r in m.rows:
